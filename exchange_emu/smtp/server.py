@@ -1,0 +1,772 @@
+"""The ESMTP server protocol of an Exchange 2010 receive connector.
+
+Exact bytes of protocol.md §1–§4 and §7: Exchange's banner and EHLO list,
+``XSHADOW``, ``MAIL … XSHADOW=``, ``XQDISCARD``, ``XEXCH50``, ``BDAT``,
+``STARTTLS``/``X-ANONYMOUSTLS``. Commands are handled strictly one after the
+other: while a reply is pending (a commit, a held delayed acknowledgement)
+later pipelined input waits in the buffer, so replies never change order.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from exchange_emu.smtp import replies
+from exchange_emu.smtp.body import BodySpool, DotDecoder
+from exchange_emu.smtp.envelope import (
+    EnvelopeSyntaxError,
+    decode_shadow_context,
+    parse_path_command,
+    parse_shadow_message_id,
+    xtext_decode,
+)
+from exchange_emu.smtp.interfaces import (
+    Acceptance,
+    IReceivePolicy,
+    NullSessionLogFactory,
+    ReceivedMessage,
+    Recipient,
+    ServerSettings,
+    SessionInfo,
+    SessionLog,
+    SessionLogFactory,
+)
+from exchange_emu.smtp.replies import Reply
+
+log = Logger()
+
+MAX_XEXCH50_BLOB = 1024 * 1024
+MAX_DISCARD_QUERY = 1000
+_BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
+_NOTIFY_VALUES = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
+
+
+def rfc2822_date(when: float) -> str:
+    """``Sat, 28 Nov 2026 13:00:00 +0000`` (UTC), as in Exchange's banner."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when))
+
+
+class _Transaction:
+    """One mail transaction: from ``MAIL`` to the end of the body or ``RSET``."""
+
+    def __init__(self, sender: str, params: dict[str, str | None]) -> None:
+        self.sender = sender
+        self.params = params
+        self.recipients: list[Recipient] = []
+        self.shadow_message_id: str | None = None
+        self.body_type = (params.get("BODY") or "7BIT").upper()
+        self.xexch50: bytes | None = None
+        self.spool: BodySpool | None = None
+        self.bdat_failed: Reply | None = None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+class ExchangeESMTP(Protocol):
+    """One SMTP receive session on an Exchange 2010 receive connector."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        policy: IReceivePolicy,
+        clock: IReactorTime,
+        session_log_factory: SessionLogFactory,
+        session_id: str,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.clock = clock
+        self._log_factory = session_log_factory
+        self.session_id = session_id
+        self.session: SessionInfo | None = None
+        self.protocol_log: SessionLog = NullSessionLogFactory().open_session("", "", "")
+        self._buffer = b""
+        self._mode = "command"
+        self._busy = False
+        self._processing = False
+        self._closed = False
+        self._discarding_long_line = False
+        self._transaction: _Transaction | None = None
+        self._decoder: DotDecoder | None = None
+        self._raw_remaining = 0
+        self._raw_done: Callable[[], object] | None = None
+        self._raw_sink: Callable[[bytes], None] | None = None
+        self._errors = 0
+        self._xshadow_used = False
+        self._messages = 0
+        self._idle_timer: IDelayedCall | None = None
+        self._session_timer: IDelayedCall | None = None
+        self._paused_transport = False
+
+    # -- connection -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        local, peer = transport.getHost(), transport.getPeer()
+        self.session = SessionInfo(
+            session_id=self.session_id,
+            connector_name=self.settings.connector_name,
+            local_ip=getattr(local, "host", "127.0.0.1"),
+            local_port=getattr(local, "port", 0),
+            peer_ip=getattr(peer, "host", "127.0.0.1"),
+            peer_port=getattr(peer, "port", 0),
+        )
+        self.session = self._with(org_server=self.policy.is_org_server(self.session))
+        self.protocol_log = self._log_factory.open_session(
+            self.settings.connector_name,
+            f"{self.session.local_ip}:{self.session.local_port}",
+            f"{self.session.peer_ip}:{self.session.peer_port}",
+        )
+        self.protocol_log.connected()
+        self._idle_timer = self.clock.callLater(
+            self.settings.connection_inactivity_timeout, self._timed_out
+        )
+        self._session_timer = self.clock.callLater(
+            self.settings.connection_timeout, self._timed_out
+        )
+        self._send(
+            replies.r(
+                220,
+                f"{self.settings.fqdn} Microsoft ESMTP MAIL Service ready at "
+                f"{rfc2822_date(self.clock.seconds())}",
+            )
+        )
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closed = True
+        for timer in (self._idle_timer, self._session_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if self._transaction is not None and not self._busy:
+            self._transaction.close()
+        self.protocol_log.disconnected()
+
+    def _with(self, **changes: Any) -> SessionInfo:
+        assert self.session is not None
+        fields = dict(self.session.__dict__)
+        fields.update(changes)
+        return SessionInfo(**fields)
+
+    def _timed_out(self) -> None:
+        if self._closed or self._mode == "closing":
+            return
+        if self._busy:  # a held reply is not the client's inactivity
+            self._idle_timer = self.clock.callLater(
+                self.settings.connection_inactivity_timeout, self._timed_out
+            )
+            return
+        self.protocol_log.info("Connection timed out")
+        self._send(replies.TIMED_OUT)
+        self._close()
+
+    def _close(self) -> None:
+        self._mode = "closing"
+        self._buffer = b""
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _send(self, reply: Reply) -> None:
+        if self._closed:
+            return
+        self.protocol_log.sent(reply.text.replace("\n", " / ") if len(reply.lines) > 1
+                               else f"{reply.code} {reply.lines[0]}")
+        self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
+
+    # -- input ----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._mode == "closing":
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.settings.connection_inactivity_timeout)
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            steps = {"command": self._command_step, "data": self._data_step,
+                     "raw": self._raw_step}
+            while self._buffer and not self._busy and self._mode in steps:
+                if not steps[self._mode]():
+                    break
+        finally:
+            self._processing = False
+        self._flow_control()
+
+    def _flow_control(self) -> None:
+        """Stop reading from a client that pipelines far ahead of a held reply."""
+        backlog = len(self._buffer) > 1024 * 1024 and self._busy
+        transport: Any = self.transport
+        if backlog and not self._paused_transport:
+            self._paused_transport = True
+            transport.pauseProducing()
+        elif not backlog and self._paused_transport:
+            self._paused_transport = False
+            transport.resumeProducing()
+
+    def _command_step(self) -> bool:
+        newline = self._buffer.find(b"\n")
+        limit = self.settings.max_command_line_length
+        if newline < 0:
+            if len(self._buffer) > limit:
+                # Refuse now; drop the rest of this line when its end comes.
+                self._buffer = b""
+                self._discarding_long_line = True
+                self._protocol_error(replies.LINE_TOO_LONG)
+            return False
+        line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+        if self._discarding_long_line:
+            self._discarding_long_line = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > limit:
+            self._protocol_error(replies.LINE_TOO_LONG)
+            return True
+        self._command(line)
+        return True
+
+    def _command(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "surrogateescape")
+        verb, _, argument = text.partition(" ")
+        verb = verb.upper()
+        self.protocol_log.received(text if verb != "AUTH" else "AUTH ****")
+        handler = getattr(self, f"smtp_{verb.replace('-', '_')}", None)
+        if handler is None or not verb.replace("-", "").isalnum():
+            self._protocol_error(replies.UNRECOGNIZED)
+            return
+        try:
+            result = handler(argument.strip(" "))
+        except Exception:
+            log.failure("SMTP command {verb} failed", verb=verb)
+            result = replies.LOCAL_ERROR
+        self._respond(result)
+
+    def _respond(self, result: Reply | Deferred[Any] | None) -> None:
+        if isinstance(result, Deferred):
+            self._busy = True
+            result.addErrback(self._command_failed)
+            result.addCallback(self._deferred_reply)
+        elif result is not None:
+            if result.code in (500, 501, 503) or result.code == 555:
+                self._protocol_error(result)
+            else:
+                self._send(result)
+
+    def _command_failed(self, failure: Failure) -> Reply:
+        log.failure("SMTP command failed", failure)
+        return replies.LOCAL_ERROR
+
+    def _deferred_reply(self, reply: Reply | None) -> None:
+        self._busy = False
+        self._respond(reply)
+        if not self._closed:
+            self._process()
+
+    def _protocol_error(self, reply: Reply) -> None:
+        self._errors += 1
+        if self._errors >= self.settings.max_protocol_errors:
+            self._send(reply)
+            self._send(replies.TOO_MANY_ERRORS)
+            self._close()
+            return
+        self._send(reply)
+
+    # -- session verbs ----------------------------------------------------
+
+    def ehlo_keywords(self) -> list[str]:
+        """Exchange's EHLO keywords, in Exchange's order (protocol.md §1)."""
+        s = self.settings
+        assert self.session is not None
+        org = self.session.org_server and not s.client_connector
+        keywords = [
+            f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE",
+            "PIPELINING",
+            "DSN",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if s.tls is not None and not self.session.tls:
+            keywords.append("STARTTLS")
+            if not s.client_connector:
+                keywords.append("X-ANONYMOUSTLS")
+        keywords += ["8BITMIME", "BINARYMIME", "CHUNKING"]
+        if org:
+            keywords.append("XEXCH50")
+        if not s.client_connector:
+            keywords.append("XRDST")
+        if org and self.policy.shadow_redundancy_enabled:
+            keywords.append("XSHADOW")
+        return keywords
+
+    def _greeting(self, argument: str, esmtp: bool) -> Reply:
+        if not argument or " " in argument:
+            return replies.INVALID_DOMAIN
+        self._reset_transaction()
+        self.session = self._with(helo=argument, esmtp=esmtp, shadow_context=None)
+        self._xshadow_used = False
+        self.session = self._with(org_server=self.policy.is_org_server(self.session))
+        first = replies.hello(self.settings.fqdn, self.session.peer_ip)
+        if not esmtp:
+            return replies.r(250, first)
+        return Reply(250, (first, *self.ehlo_keywords()))
+
+    def smtp_EHLO(self, argument: str) -> Reply:
+        return self._greeting(argument, esmtp=True)
+
+    def smtp_HELO(self, argument: str) -> Reply:
+        return self._greeting(argument, esmtp=False)
+
+    def smtp_NOOP(self, argument: str) -> Reply:
+        return replies.OK
+
+    def smtp_HELP(self, argument: str) -> Reply:
+        return replies.HELP
+
+    def smtp_VRFY(self, argument: str) -> Reply:
+        return replies.CANNOT_VRFY
+
+    def smtp_RSET(self, argument: str) -> Reply:
+        self._reset_transaction()
+        return replies.RESETTING
+
+    def smtp_QUIT(self, argument: str) -> None:
+        self._send(replies.CLOSING)
+        self._close()
+
+    def _start_tls(self, argument: str) -> Reply | None:
+        assert self.session is not None
+        if self.settings.tls is None or self.session.tls:
+            return replies.UNRECOGNIZED
+        if argument:
+            return replies.INVALID_ARGUMENTS
+        if self._transaction is not None:
+            return replies.BAD_SEQUENCE
+        self._send(replies.TLS_READY)
+        # Anything pipelined after the command arrived in clear text before
+        # the handshake: discard it, never execute it.
+        self._buffer = b""
+        self.transport.startTLS(self.settings.tls)  # type: ignore[union-attr]
+        self.session = self._with(tls=True, helo=None, esmtp=False, shadow_context=None)
+        self._xshadow_used = False
+        self.protocol_log.info("TLS negotiation started")
+        return None
+
+    def smtp_STARTTLS(self, argument: str) -> Reply | None:
+        return self._start_tls(argument)
+
+    def smtp_X_ANONYMOUSTLS(self, argument: str) -> Reply | None:
+        if self.settings.client_connector:
+            return replies.UNRECOGNIZED
+        return self._start_tls(argument)
+
+    # -- shadow redundancy verbs -------------------------------------------
+
+    def _org_verb_refusal(self) -> Reply | None:
+        assert self.session is not None
+        if self.session.helo is None:
+            return replies.BAD_SEQUENCE
+        if self.settings.client_connector:
+            return replies.NOT_IMPLEMENTED
+        if not self.session.org_server:
+            return replies.NOT_AUTHORIZED
+        return None
+
+    def smtp_XSHADOW(self, argument: str) -> Reply:
+        """The shadow holder asks to shadow this session (protocol.md §2)."""
+        assert self.session is not None
+        if self.session.helo is None:
+            return replies.BAD_SEQUENCE
+        if self.settings.client_connector or not self.policy.shadow_redundancy_enabled:
+            return replies.NOT_IMPLEMENTED
+        if not self.session.org_server:
+            return replies.NOT_AUTHORIZED
+        if self._transaction is not None or self._xshadow_used:
+            return replies.BAD_SEQUENCE
+        if not argument:
+            return replies.SHADOW_CONTEXT_REQUIRED
+        try:
+            context = decode_shadow_context(argument)
+        except EnvelopeSyntaxError:
+            return replies.INVALID_ARGUMENTS
+        self._xshadow_used = True
+        self.session = self._with(shadow_context=context.encoded)
+        return replies.r(250, self.policy.database_id())
+
+    def smtp_XQDISCARD(self, argument: str) -> Reply | Deferred[Reply]:
+        """The shadow holder collects discard notifications (protocol.md §4)."""
+        refusal = self._org_verb_refusal()
+        if refusal is not None:
+            return refusal
+        assert self.session is not None
+        if self.session.shadow_context is None:
+            return replies.BAD_SEQUENCE
+        if not argument:
+            return replies.DISCARD_COUNT_REQUIRED
+        if not argument.isdigit() or int(argument) <= 0:
+            return replies.INVALID_ARGUMENTS
+        maximum = min(int(argument), MAX_DISCARD_QUERY)
+        d = self.policy.take_discards(self.session, maximum)
+
+        def reply(ids: list[str]) -> Reply:
+            if not ids:
+                return replies.NO_DISCARD_EVENTS
+            return Reply(250, tuple(ids[:maximum]))
+
+        return d.addCallback(reply)
+
+    def smtp_XEXCH50(self, argument: str) -> Reply | None:
+        """Exchange 2003/2007 per-message MAPI properties: a raw byte blob."""
+        refusal = self._org_verb_refusal()
+        if refusal is not None:
+            return refusal
+        if self._transaction is None or not self._transaction.recipients:
+            return replies.BAD_SEQUENCE
+        parts = argument.split()
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            return replies.INVALID_ARGUMENTS
+        length = int(parts[0])
+        if length > MAX_XEXCH50_BLOB:
+            return replies.INVALID_ARGUMENTS
+        transaction = self._transaction
+        chunks: list[bytes] = []
+
+        def done() -> Reply:
+            transaction.xexch50 = b"".join(chunks)
+            return replies.XEXCH50_OK
+
+        self._send(replies.SEND_BINARY_DATA)
+        self._read_raw(length, chunks.append, done)
+        return None
+
+    # -- mail transaction -------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        if self._transaction is not None:
+            self._transaction.close()
+        self._transaction = None
+
+    def smtp_MAIL(self, argument: str) -> Reply | Deferred[Any]:
+        assert self.session is not None
+        if self.session.helo is None:
+            return replies.SEND_HELLO_FIRST
+        if self._transaction is not None:
+            return replies.SENDER_ALREADY_SPECIFIED
+        try:
+            command = parse_path_command(argument, "FROM")
+        except EnvelopeSyntaxError:
+            return replies.INVALID_SENDER
+        params = command.params
+        refusal = self._check_mail_params(params)
+        if refusal is not None:
+            return refusal
+        shadow_id = None
+        if "XSHADOW" in params:
+            try:
+                shadow_id = parse_shadow_message_id(params["XSHADOW"] or "")
+            except EnvelopeSyntaxError:
+                return replies.INVALID_ARGUMENTS
+        transaction = _Transaction(command.address, params)
+        transaction.shadow_message_id = shadow_id
+
+        def decided(refusal: Any) -> Reply:
+            if refusal is not None:
+                return refusal
+            self._transaction = transaction
+            return replies.SENDER_OK
+
+        session = self.session
+        return maybeDeferred(
+            self.policy.check_sender, session, command.address, params
+        ).addCallback(decided)
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> Reply | None:
+        assert self.session is not None
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit():
+                    return replies.INVALID_ARGUMENTS
+                if self.settings.max_message_size and int(value) > self.settings.max_message_size:
+                    return replies.SIZE_EXCEEDED
+            elif key == "BODY":
+                if value is None or value.upper() not in _BODY_TYPES:
+                    return replies.INVALID_ARGUMENTS
+            elif key == "XSHADOW":
+                if self.session.shadow_context is None or value is None:
+                    return replies.INVALID_ARGUMENTS
+            elif key == "RET":
+                if value is None or value.upper() not in ("FULL", "HDRS"):
+                    return replies.INVALID_ARGUMENTS
+            elif key in ("ENVID", "AUTH"):
+                if value is None:
+                    return replies.INVALID_ARGUMENTS
+                try:
+                    xtext_decode(value)
+                except EnvelopeSyntaxError:
+                    return replies.INVALID_ARGUMENTS
+            else:
+                return replies.unsupported_parameter(key)
+        return None
+
+    def smtp_RCPT(self, argument: str) -> Reply | Deferred[Any]:
+        assert self.session is not None
+        transaction = self._transaction
+        if transaction is None:
+            return replies.NEED_MAIL
+        try:
+            command = parse_path_command(argument, "TO")
+        except EnvelopeSyntaxError:
+            return replies.INVALID_RECIPIENT
+        notify = orcpt = None
+        for key, value in command.params.items():
+            if key == "NOTIFY":
+                words = set((value or "").upper().split(","))
+                if not words <= _NOTIFY_VALUES or ("NEVER" in words and len(words) > 1):
+                    return replies.INVALID_ARGUMENTS
+                notify = (value or "").upper()
+            elif key == "ORCPT":
+                if not value:
+                    return replies.INVALID_ARGUMENTS
+                orcpt = value
+            else:
+                return replies.unsupported_parameter(key)
+        if len(transaction.recipients) >= self.settings.max_recipients_per_message:
+            return replies.TOO_MANY_RECIPIENTS
+        recipient = Recipient(command.address, notify, orcpt)
+
+        def decided(refusal: Any) -> Reply:
+            if refusal is not None:
+                return refusal
+            transaction.recipients.append(recipient)
+            return replies.RECIPIENT_OK
+
+        return maybeDeferred(
+            self.policy.check_recipient, self.session, transaction.sender, recipient
+        ).addCallback(decided)
+
+    def _new_spool(self, max_line_length: int) -> BodySpool:
+        return BodySpool(self.settings.max_message_size or 2**62, max_line_length)
+
+    def smtp_DATA(self, argument: str) -> Reply | None:
+        transaction = self._transaction
+        if transaction is None:
+            return replies.NEED_MAIL
+        if not transaction.recipients:
+            return replies.NEED_RCPT
+        if argument:
+            return replies.INVALID_ARGUMENTS
+        if transaction.body_type == "BINARYMIME" or transaction.spool is not None:
+            return replies.BINARYMIME_NEEDS_BDAT
+        transaction.spool = self._new_spool(self.settings.max_data_line_length)
+        self._decoder = DotDecoder(transaction.spool)
+        self._mode = "data"
+        self._send(replies.START_MAIL_INPUT)
+        return None
+
+    def _data_step(self) -> bool:
+        assert self._decoder is not None
+        rest = self._decoder.feed(self._buffer)
+        self._buffer = b""
+        if rest is None:
+            return False
+        self._buffer = rest
+        self._mode = "command"
+        self._decoder = None
+        self._respond(self._end_of_body())
+        return True
+
+    def smtp_BDAT(self, argument: str) -> Reply | None:
+        """``BDAT <size> [LAST]`` (CHUNKING): exactly ``size`` raw bytes follow."""
+        parts = argument.split()
+        valid = (
+            len(parts) in (1, 2)
+            and parts[0].isdigit()
+            and (len(parts) == 1 or parts[1].upper() == "LAST")
+        )
+        if not valid:
+            # The chunk size is unknown: the session cannot be resynchronised.
+            self._send(replies.INVALID_ARGUMENTS)
+            self._close()
+            return None
+        size, last = int(parts[0]), len(parts) == 2
+        transaction = self._transaction
+        failure: Reply | None = None
+        if transaction is None:
+            failure = replies.NEED_MAIL
+        elif not transaction.recipients:
+            failure = replies.NEED_RCPT
+        if failure is not None or transaction is None:
+            # Read and drop the chunk so its bytes are never taken as commands.
+            refusal = failure or replies.BAD_SEQUENCE
+            self._read_raw(size, lambda data: None, lambda: refusal)
+            return None
+        if transaction.spool is None:
+            transaction.spool = self._new_spool(2**62)
+        spool = transaction.spool
+
+        def chunk_done() -> Reply | Deferred[Any]:
+            if not last:
+                return replies.chunk_received(size)
+            return self._end_of_body()
+
+        self._read_raw(size, spool.write, chunk_done)
+        return None
+
+    def _read_raw(
+        self, size: int, sink: Callable[[bytes], None], done: Callable[[], Any]
+    ) -> None:
+        self._mode = "raw"
+        self._raw_remaining = size
+        self._raw_sink = sink
+        self._raw_done = done
+        if size == 0:
+            self._finish_raw()
+
+    def _raw_step(self) -> bool:
+        assert self._raw_sink is not None
+        take = self._buffer[: self._raw_remaining]
+        self._buffer = self._buffer[len(take) :]
+        self._raw_remaining -= len(take)
+        self._raw_sink(take)
+        if self._raw_remaining:
+            return False
+        self._finish_raw()
+        return True
+
+    def _finish_raw(self) -> None:
+        done = self._raw_done
+        self._mode = "command"
+        self._raw_done = self._raw_sink = None
+        assert done is not None
+        result: Any
+        try:
+            result = done()
+        except Exception:
+            log.failure("raw read completion failed")
+            result = replies.LOCAL_ERROR
+        self._respond(result)
+
+    def _end_of_body(self) -> Reply | Deferred[Any]:
+        """The whole body is in: refuse it, or hand it to the policy to commit."""
+        transaction = self._transaction
+        assert transaction is not None and transaction.spool is not None and self.session
+        self._transaction = None
+        spool = transaction.spool
+        if spool.oversize:
+            transaction.close()
+            return replies.SIZE_EXCEEDED
+        if spool.line_too_long:
+            transaction.close()
+            return replies.BODY_LINE_TOO_LONG
+        message_id, subject, hops = _header_facts(spool.headers(self.settings.max_header_size))
+        prefix = self._trace_headers()
+        if message_id is None:
+            message_id = f"<{uuid.uuid4()}@{self.settings.fqdn}>"
+            prefix += f"Message-ID: {message_id}\r\n".encode()
+        spool.prefix = prefix
+        params = transaction.params
+        message = ReceivedMessage(
+            session=self.session,
+            sender=transaction.sender,
+            recipients=tuple(transaction.recipients),
+            body=spool.open(),  # type: ignore[arg-type]
+            size=spool.size + len(prefix),
+            message_id=message_id,
+            subject=subject,
+            hop_count=hops,
+            body_type=transaction.body_type,
+            envid=params.get("ENVID"),
+            ret=params.get("RET"),
+            shadow_message_id=transaction.shadow_message_id,
+            xexch50=transaction.xexch50,
+        )
+        self._messages += 1
+
+        def answer(result: Acceptance | Reply) -> Reply:
+            if isinstance(result, Reply):
+                return result
+            return replies.queued(result.message_id, result.internal_id, self.settings.fqdn)
+
+        d = maybeDeferred(self.policy.accept, message)
+        d.addCallback(answer)
+        d.addBoth(_passthrough_after(transaction.close))
+        return d
+
+    def _trace_headers(self) -> bytes:
+        """The ``Received:`` header this server adds, as Exchange writes it."""
+        assert self.session is not None
+        tls = " (TLS)" if self.session.tls else ""
+        return (
+            f"Received: from {self.session.helo} ({self.session.peer_ip}) by "
+            f"{self.settings.fqdn} ({self.session.local_ip}) with Microsoft SMTP Server{tls} "
+            f"id {self.settings.software_version}; {rfc2822_date(self.clock.seconds())}\r\n"
+        ).encode("utf-8", "surrogateescape")
+
+
+def _passthrough_after(action: Callable[[], None]) -> Callable[[Any], Any]:
+    def run(result: Any) -> Any:
+        action()
+        return result
+
+    return run
+
+
+def _header_facts(header_block: bytes) -> tuple[str | None, str, int]:
+    """Message-ID, Subject and the number of ``Received:`` headers."""
+    try:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+            header_block
+        )
+    except Exception:
+        return None, "", 0
+    message_id = headers.get("Message-ID")
+    subject = headers.get("Subject") or ""
+    received = headers.get_all("Received") or []
+    message_id = str(message_id).strip() if message_id else None
+    return message_id or None, " ".join(str(subject).split()), len(received)
+
+
+class ExchangeESMTPFactory(ServerFactory):
+    """Builds the sessions of one receive connector."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        policy: IReceivePolicy,
+        clock: IReactorTime,
+        session_log_factory: SessionLogFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.clock = clock
+        self.session_log_factory: SessionLogFactory = (
+            session_log_factory or NullSessionLogFactory()
+        )
+        self._ids = itertools.count(int(clock.seconds() * 1000) << 12)
+
+    def buildProtocol(self, addr: Any) -> ExchangeESMTP:
+        proto = ExchangeESMTP(
+            self.settings,
+            self.policy,
+            self.clock,
+            self.session_log_factory,
+            f"{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016X}",
+        )
+        proto.factory = self
+        return proto

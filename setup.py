@@ -1,0 +1,38 @@
+"""Packaging for exchange-emu, an emulator of Exchange 2010 transport roles."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="exchange-emu",
+    version="0.1.0",
+    description=(
+        "A Twisted emulator of the Microsoft Exchange 2010 transport roles "
+        "(mailbox, hub, edge, legacy) built around shadow redundancy"
+    ),
+    python_requires=">=3.11",
+    # twisted.plugins is listed explicitly: it is a plugin directory without an
+    # __init__.py of ours, so find_packages() cannot see it.
+    packages=find_packages(include=["exchange_emu", "exchange_emu.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["exchange_emu_plugins.py"]},
+    install_requires=[
+        "twisted[tls]>=24.3",
+        "zope.interface>=6",
+        "sqlalchemy>=2.0",
+        "service-identity>=23.1",
+        "pyOpenSSL>=24",
+        "cryptography>=42",
+    ],
+    extras_require={
+        "postgresql": ["psycopg2-binary>=2.9"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "aiosmtpd>=1.4",
+            "psycopg2-binary>=2.9",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["exchange-emu = exchange_emu.cli:main"]},
+)
