@@ -1,0 +1,245 @@
+"""The Exchange ESMTP client: scripted replies on a StringTransport, and real
+sessions over loopback TCP against our server and from Python's smtplib."""
+
+from __future__ import annotations
+
+import datetime
+import smtplib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor, ssl, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from exchange_emu.smtp.client import (
+    ESMTPClientProtocol,
+    OutboundMessage,
+    SessionRequest,
+    dot_stuff,
+    run_session,
+    send_session,
+)
+from exchange_emu.smtp.envelope import encode_shadow_context
+from exchange_emu.smtp.interfaces import ServerSettings
+from exchange_emu.smtp.server import ExchangeESMTPFactory
+from smtp_fakes import FakePolicy
+
+CONTEXT = encode_shadow_context("0f3b0c50-985c-4e23-a9b7-4a7b46d456e0", "HUB01", "")
+ID1 = "5d0a8a3e-1f7b-4c1e-9a55-2b8f0c6e4d21"
+ID2 = "0b6a6a22-6a0c-4c5c-9a3e-0d1b2e3f4a5b"
+
+
+def message(body: bytes = b"Subject: t\r\n\r\nhello\r\n", shadow_id: str | None = ID1,
+            recipients: tuple[str, ...] = ("b@contoso.test",)) -> OutboundMessage:
+    return OutboundMessage("a@contoso.test", recipients, body, shadow_message_id=shadow_id)
+
+
+class Scripted:
+    """A client session on a StringTransport, fed server replies by hand."""
+
+    def __init__(self, request: SessionRequest) -> None:
+        self.clock = Clock()
+        self.proto = ESMTPClientProtocol()
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.result = run_session(self.proto, request, self.clock)
+        self.outcomes: list = []
+        self.result.addCallback(self.outcomes.append)
+
+    def server(self, text: str) -> bytes:
+        """Feed one batch of server reply lines; return what the client wrote."""
+        self.transport.clear()
+        self.proto.dataReceived(text.replace("\n", "\r\n").encode())
+        return self.transport.value()
+
+
+def test_dot_stuffing():
+    assert dot_stuff(b".a\r\n.\r\nb") == b"..a\r\n..\r\nb\r\n.\r\n"
+
+
+def test_pipelined_shadowed_session_and_repeat_while_full_xqdiscard():
+    """MAIL/RCPT/DATA go in one write; XQDISCARD is asked again while full."""
+    s = Scripted(SessionRequest("hub01.contoso.test", [message()], shadow_context=CONTEXT,
+                                discard_max=2, use_bdat=False))
+    assert s.server("220 edge01 ready\n") == b"EHLO hub01.contoso.test\r\n"
+    out = s.server("250-edge01 Hello\n250-SIZE 100000\n250-PIPELINING\n250 XSHADOW\n")
+    assert out == f"XSHADOW {CONTEXT}\r\n".encode()
+    out = s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n")
+    assert out == (f"MAIL FROM:<a@contoso.test> SIZE=21 XSHADOW={ID1}\r\n"
+                   "RCPT TO:<b@contoso.test>\r\nDATA\r\n").encode()
+    assert s.server("250 2.1.0 Sender OK\n250 2.1.5 Recipient OK\n354 go\n") == (
+        b"Subject: t\r\n\r\nhello\r\n.\r\n")
+    assert s.server("250 2.6.0 <x> Queued mail for delivery\n") == b"XQDISCARD 2\r\n"
+    assert s.server(f"250-{ID1}\n250 {ID2}\n") == b"XQDISCARD 2\r\n"
+    assert s.server("251 OK, no discard events\n") == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    outcome = s.outcomes[0]
+    assert outcome.primary_database_id == "q3Jx0V5YqUqW3w3vOaG5Xw=="
+    assert outcome.discards == [ID1, ID2] and outcome.discard_query == "ok"
+    assert outcome.messages[0].accepted and outcome.messages[0].shadowed
+    assert outcome.error is None
+
+
+def test_helo_fallback_and_no_xshadow_without_advertisement():
+    """A peer that refuses EHLO gets HELO; without XSHADOW no shadowing starts (E.2–E.3)."""
+    s = Scripted(SessionRequest("hub01", [message()], shadow_context=CONTEXT))
+    s.server("220 legacy ready\n")
+    assert s.server("500 what\n") == b"HELO hub01\r\n"
+    assert s.server("250 legacy\n") == b"MAIL FROM:<a@contoso.test>\r\n"
+    assert s.server("250 ok\n") == b"RCPT TO:<b@contoso.test>\r\n"
+    assert s.server("250 ok\n") == b"DATA\r\n"
+    s.server("354 go\n")
+    assert s.server("250 queued\n") == b"QUIT\r\n"
+    s.server("221 bye\n")
+    outcome = s.outcomes[0]
+    assert not outcome.shadowed and not outcome.messages[0].shadowed
+    assert outcome.messages[0].accepted
+
+
+def test_per_recipient_results_report_4xx_and_5xx():
+    s = Scripted(SessionRequest("hub01", [message(recipients=("a@x.test", "b@x.test",
+                                                               "c@x.test"))]))
+    s.server("220 ready\n")
+    s.server("250-x\n250 PIPELINING\n")
+    out = s.server("250 ok\n250 ok\n450 4.2.0 busy\n550 5.1.1 unknown\n354 go\n")
+    assert out.endswith(b".\r\n")
+    s.server("250 2.6.0 queued\n")
+    s.server("221 bye\n")
+    results = s.outcomes[0].messages[0].recipient_results()
+    assert results["a@x.test"].code == 250
+    assert results["b@x.test"].transient and results["c@x.test"].permanent
+
+
+def test_malformed_discard_id_ends_session():
+    s = Scripted(SessionRequest("hub01", [], shadow_context=CONTEXT))
+    s.server("220 ready\n")
+    s.server("250-x\n250 XSHADOW\n")
+    s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n")
+    s.server("250 not-a-guid\n")
+    outcome = s.outcomes[0]
+    assert outcome.discard_query == "failed" and "malformed" in outcome.error
+    assert s.transport.disconnecting
+
+
+def test_reply_timeout_is_reported():
+    s = Scripted(SessionRequest("hub01", [message()], reply_timeout=30))
+    s.clock.advance(31)
+    assert s.outcomes[0].error == "session ended: no reply in time"
+
+
+def _self_signed() -> ssl.CertificateOptions:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge01.contoso.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    pem = cert.public_bytes(serialization.Encoding.PEM) + pem_key
+    return ssl.PrivateCertificate.loadPEM(pem).options()
+
+
+class LoopbackTests(TestCase):
+    """Real TCP over loopback between our client and our server."""
+
+    def listen(self, policy: FakePolicy, settings: ServerSettings | None = None):
+        settings = settings or ServerSettings("Default EDGE01", "edge01.contoso.test")
+        factory = ExchangeESMTPFactory(settings, policy, reactor)
+        d = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+
+        def listening(port):
+            self.addCleanup(port.stopListening)
+            return port.getHost().port
+
+        return d.addCallback(listening)
+
+    async def test_client_to_server_shadowed_with_bdat_and_discards(self):
+        policy = FakePolicy()
+        policy.discards[CONTEXT] = [ID2]
+        port = await self.listen(policy)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        body = b"Subject: loop\r\n\r\n" + b".leading dot\r\n" * 100
+        outcome = await send_session(
+            endpoint,
+            SessionRequest("hub01.contoso.test", [message(body), message(body, ID2)],
+                           shadow_context=CONTEXT),
+            reactor,
+        )
+        self.assertIsNone(outcome.error)
+        self.assertTrue(outcome.shadowed)
+        self.assertEqual([m.accepted for m in outcome.messages], [True, True])
+        self.assertEqual(outcome.discards, [ID2])
+        self.assertEqual(len(policy.stored), 2)
+        self.assertTrue(policy.stored[0].body.endswith(body))
+        self.assertEqual(policy.stored[1].message.shadow_message_id, ID2)
+
+    async def test_client_to_server_with_data_when_bdat_off(self):
+        policy = FakePolicy(org=False)
+        port = await self.listen(policy)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        body = b"Subject: dots\r\n\r\n.\r\n..\r\nend\r\n"
+        outcome = await send_session(
+            endpoint, SessionRequest("x.test", [message(body)], shadow_context=CONTEXT,
+                                     use_bdat=False), reactor)
+        self.assertFalse(outcome.shadowed)  # not an org server: XSHADOW not offered
+        self.assertTrue(outcome.messages[0].accepted)
+        self.assertTrue(policy.stored[0].body.endswith(body))
+
+    async def test_starttls_then_shadowed_session(self):
+        policy = FakePolicy()
+        settings = ServerSettings("Default EDGE01", "edge01.contoso.test", tls=_self_signed())
+        port = await self.listen(policy, settings)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        outcome = await send_session(
+            endpoint,
+            SessionRequest("hub01", [message()], shadow_context=CONTEXT,
+                           tls=ssl.CertificateOptions(), require_tls=True),
+            reactor,
+        )
+        self.assertIsNone(outcome.error)
+        self.assertTrue(outcome.tls)
+        self.assertNotIn("STARTTLS", outcome.keywords)
+        self.assertTrue(outcome.messages[0].accepted)
+        self.assertTrue(policy.stored[0].message.session.tls)
+        self.assertIn(b"with Microsoft SMTP Server (TLS)", policy.stored[0].body)
+
+    async def test_connection_refused_is_reported(self):
+        port = await self.listen(FakePolicy())
+        # Nothing listens one port below a fresh ephemeral port, almost surely.
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port - 1 if port > 1025 else port + 1)
+        outcome = await send_session(endpoint, SessionRequest("x", [message()]), reactor)
+        if outcome.error is not None:
+            self.assertIn("cannot connect", outcome.error)
+
+    async def test_smtplib_as_a_foreign_client(self):
+        """Python's smtplib, a client nobody here wrote, gets its mail accepted."""
+        policy = FakePolicy(org=False)
+        port = await self.listen(policy)
+
+        def send() -> tuple:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                code, _ = client.ehlo("app.contoso.test")
+                refused = client.sendmail(
+                    "app@contoso.test", ["bob@contoso.test", "alice@contoso.test"],
+                    b"Subject: from smtplib\r\n\r\n.hidden dot\r\nbye\r\n")
+                noop = client.noop()
+                return code, refused, noop
+
+        code, refused, noop = await threads.deferToThread(send)
+        self.assertEqual(code, 250)
+        self.assertEqual(refused, {})
+        self.assertEqual(noop[0], 250)
+        self.assertEqual(len(policy.stored), 1)
+        stored = policy.stored[0]
+        self.assertEqual([r.address for r in stored.message.recipients],
+                         ["bob@contoso.test", "alice@contoso.test"])
+        self.assertTrue(stored.body.endswith(b"\r\n.hidden dot\r\nbye\r\n"))
+        self.assertEqual(stored.message.subject, "from smtplib")
