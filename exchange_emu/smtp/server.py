@@ -758,6 +758,7 @@ class ExchangeESMTPFactory(ServerFactory):
         self.session_log_factory: SessionLogFactory = (
             session_log_factory or NullSessionLogFactory()
         )
+        self.noisy = False
         self._ids = itertools.count(int(clock.seconds() * 1000) << 12)
 
     def buildProtocol(self, addr: Any) -> ExchangeESMTP:

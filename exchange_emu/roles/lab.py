@@ -1,0 +1,64 @@
+"""``twistd exchange-lab``: every server of an organization file in one process.
+
+For now the hubs and edges are real transport servers; the roles later
+issues build (mailbox, legacy) start as placeholders that say so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+
+from exchange_emu.directory import Organization, Server
+from exchange_emu.roles.not_built import NotImplementedRole
+from exchange_emu.roles.options import OrganizationOptions
+from exchange_emu.startup import ExitOnStartupError
+from exchange_emu.transport.server import TransportServer
+
+BUILT_ROLES = ("hub", "edge")
+
+
+class Options(OrganizationOptions):
+    synopsis = "--config etc/lab.toml [--port-offset N]"
+    longdesc = "Run every server of an organization file in this one process."
+
+
+def server_table(organization: Organization) -> str:
+    """The lab's servers, roles, sites and endpoints, as a table for people."""
+    rows = [("SERVER", "ROLES", "SITE", "SMTP", "STORE DRIVER", "DATA")]
+    for server in organization.servers.values():
+        rows.append(
+            (
+                server.name,
+                ",".join(sorted(server.roles))
+                + (f" ({server.version})" if "legacy" in server.roles else ""),
+                server.site or "-",
+                str(server.smtp) if server.smtp else "-",
+                str(server.store_driver) if server.store_driver else "-",
+                str(server.data_dir),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def server_service(organization: Organization, server: Server, reactor: Any) -> service.IService:
+    if server.roles & set(BUILT_ROLES):
+        return TransportServer(organization, server, reactor)
+    return NotImplementedRole(server.name, ",".join(sorted(server.roles)))
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    organization = options.organization("exchange-lab")
+    top = ExitOnStartupError("exchange-lab")
+    for server in organization.servers.values():
+        server_service(organization, server, reactor).setServiceParent(top)
+    return top

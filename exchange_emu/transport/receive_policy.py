@@ -1,0 +1,147 @@
+"""The receive side of a transport server: what a receive connector accepts
+and how an accepted message becomes durable.
+
+Relay control (protocol.md §9): an anonymous peer may only send to accepted
+domains; an Exchange server of the organization may relay anywhere. A message
+is acknowledged only after the commit that puts it in the Submission queue.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from exchange_emu.directory import Organization, ReceiveConnector, Server
+from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
+from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
+from exchange_emu.smtp import replies
+from exchange_emu.smtp.envelope import domain_of
+from exchange_emu.smtp.interfaces import (
+    Acceptance,
+    IReceivePolicy,
+    ReceivedMessage,
+    Recipient,
+    SessionInfo,
+)
+from exchange_emu.smtp.replies import Reply
+from exchange_emu.storage import NewMessage, QueueStore
+from exchange_emu.storage import Recipient as StoredRecipient
+
+MAX_HOP_COUNT = 60
+"""Exchange's default hop count limit (``MaxHopCount``)."""
+
+
+@implementer(IReceivePolicy)
+class TransportReceivePolicy:
+    """Decisions of one receive connector of a hub or edge transport server."""
+
+    def __init__(
+        self,
+        organization: Organization,
+        server: Server,
+        connector: ReceiveConnector,
+        store: QueueStore,
+        clock: IReactorTime,
+        tracking: MessageTrackingLog | NullMessageTrackingLog | None = None,
+    ) -> None:
+        self.organization = organization
+        self.server = server
+        self.connector = connector
+        self.store = store
+        self.clock = clock
+        self.tracking = tracking or NullMessageTrackingLog()
+        self.shadow_redundancy_enabled = organization.transport.shadow_redundancy_enabled
+
+    def database_id(self) -> str:
+        return self.store.db.database_id_base64
+
+    def is_org_server(self, session: SessionInfo) -> bool:
+        """The lab trust rule: peers from the connector's org-server networks."""
+        try:
+            address = ipaddress.ip_address(session.peer_ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.connector.org_server_networks)
+
+    def check_sender(self, session: SessionInfo, sender: str, params: Any) -> None:
+        return None
+
+    def check_recipient(self, session: SessionInfo, sender: str, rcpt: Recipient) -> Reply | None:
+        if session.org_server:
+            return None
+        if self.organization.accepted_domain(domain_of(rcpt.address)) is None:
+            return replies.UNABLE_TO_RELAY
+        return None
+
+    def accept(self, message: ReceivedMessage) -> Deferred[Acceptance | Reply]:
+        if message.hop_count >= MAX_HOP_COUNT:
+            d: Deferred[Acceptance | Reply] = Deferred()
+            d.callback(replies.HOP_COUNT_EXCEEDED)
+            return d
+        session = message.session
+        new = NewMessage(
+            sender=message.sender,
+            recipients=tuple(
+                StoredRecipient(r.address, r.notify, r.orcpt) for r in message.recipients
+            ),
+            body=message.body,  # type: ignore[arg-type]
+            received_at=self.clock.seconds(),
+            message_id=message.message_id,
+            subject=message.subject,
+            source="SMTP",
+            client_ip=session.peer_ip,
+            client_hostname=session.helo,
+            receive_connector=self.connector.name,
+            hop_count=message.hop_count,
+            body_type=message.body_type,
+            dsn_envid=message.envid,
+            dsn_ret=message.ret,
+            xexch50=message.xexch50,
+            shadow_context=session.shadow_context if message.shadow_message_id else None,
+            shadow_message_id=message.shadow_message_id,
+        )
+
+        def committed(internal_id: int) -> Acceptance:
+            self._track_receive(message, internal_id)
+            return Acceptance(internal_id, message.message_id)
+
+        return self.store.accept_message(new).addCallback(committed)
+
+    def _track_receive(self, message: ReceivedMessage, internal_id: int) -> None:
+        session = message.session
+        if message.shadow_message_id:
+            # D.4.2: this server records the message as shadowed on the sender.
+            custom = scenario_step("D.4.2", shadow_message_id=message.shadow_message_id)
+        else:
+            # F.3: a peer without shadow redundancy simply sends the message.
+            custom = scenario_step("F.3")
+        self.tracking.record(
+            TrackingEvent(
+                event_id="RECEIVE",
+                source="SMTP",
+                client_ip=session.peer_ip,
+                client_hostname=session.helo or "",
+                server_ip=session.local_ip,
+                server_hostname=self.server.fqdn,
+                source_context=f"08C{session.session_id};{session.connector_name}",
+                connector_id=self.connector.name,
+                internal_message_id=str(internal_id),
+                message_id=message.message_id,
+                recipient_address=tuple(r.address for r in message.recipients),
+                total_bytes=message.size,
+                recipient_count=len(message.recipients),
+                message_subject=message.subject,
+                sender_address=message.sender,
+                return_path=message.sender,
+                directionality="Originating" if session.org_server else "Incoming",
+                custom_data=custom,
+            )
+        )
+
+    def take_discards(self, session: SessionInfo, maximum: int) -> Deferred[list[str]]:
+        assert session.shadow_context is not None
+        return self.store.take_discard_notifications(session.shadow_context, maximum)

@@ -1,0 +1,125 @@
+"""``twistd exchange-hub`` as a real process on real loopback sockets."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+
+import pytest
+import sqlalchemy as sa
+
+from server_process import TWISTD, ServerProcess, free_ports, run_to_exit, small_org
+
+pytestmark = pytest.mark.integration
+
+
+def test_hub_starts_listens_and_speaks_exchange(tmp_path):
+    (port,) = free_ports(1)
+    config = small_org(tmp_path, port)
+    hub = ServerProcess("hub", config, "HUB01", tmp_path).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            code, ehlo = client.ehlo("hub02.contoso.test")
+            assert code == 250
+            assert ehlo.decode().splitlines()[-1] == "XSHADOW"
+        assert "HUB01: receive connector 'Default HUB01' listening on" in hub.output
+    finally:
+        # twistd ends by re-raising the signal it was stopped with.
+        assert hub.stop() in (0, -15)
+
+
+def test_lab_config_hub01_listens_on_2525(tmp_path):
+    """The README's example: the default lab's HUB01 on 127.0.0.1:2525."""
+    from pathlib import Path
+
+    lab = Path(__file__).resolve().parent.parent / "etc" / "lab.toml"
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", 2525))
+    except OSError:
+        pytest.skip("port 2525 is in use on this machine (a lab is running?)")
+    finally:
+        probe.close()
+    hub = ServerProcess("hub", lab, "HUB01", tmp_path).start()
+    try:
+        with socket.create_connection(("127.0.0.1", 2525), timeout=10) as s:
+            assert s.recv(200).startswith(b"220 hub01.contoso.test Microsoft ESMTP MAIL Service")
+    finally:
+        hub.stop()
+    assert (tmp_path / "var" / "HUB01" / "queue.db").exists()
+
+
+def test_busy_port_ends_startup_with_one_line_error(tmp_path):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        config = small_org(tmp_path, port)
+        result = run_to_exit(
+            [TWISTD, "-n", "--pidfile=", "exchange-hub", "--config", str(config),
+             "--server", "HUB01"], tmp_path)
+    finally:
+        blocker.close()
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_unknown_server_name_ends_startup_with_one_line_error(tmp_path):
+    (port,) = free_ports(1)
+    config = small_org(tmp_path, port)
+    result = run_to_exit(
+        [TWISTD, "-n", "--pidfile=", "exchange-hub", "--config", str(config),
+         "--server", "HUB9"], tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"exchange-hub: error: no server named 'HUB9' in {config} (known: HUB01)"]
+
+
+def test_malformed_config_ends_startup_with_one_line_error(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[organization]\nname = "Contoso"\n[[servers]]\nname = 5\n')
+    result = run_to_exit(
+        [TWISTD, "-n", "--pidfile=", "exchange-hub", "--config", str(config),
+         "--server", "HUB01"], tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"exchange-hub: error: {config}: ")
+
+
+def _message_rows(url: str, message_id: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text("SELECT count(*) FROM messages WHERE internet_message_id = :m"), {"m": message_id}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_sigkill_right_after_250_loses_nothing(tmp_path, queue_db):
+    """Durable before acknowledged: the 250 2.6.0 goes out after the commit, so a
+    SIGKILL at once after it still finds the message in the queue database."""
+    (port,) = free_ports(1)
+    config = small_org(tmp_path, port, database_url=queue_db.url)
+    hub = ServerProcess("hub", config, "HUB01", tmp_path).start()
+    message_ids = [f"<kill-{i}@contoso.test>" for i in range(5)]
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("app.contoso.test")
+            for message_id in message_ids:
+                client.sendmail("app@contoso.test", ["bob@contoso.test"],
+                                f"Message-ID: {message_id}\r\nSubject: k\r\n\r\nx\r\n")
+            # The last reply has arrived: kill before anything else can happen.
+            hub.kill()
+    finally:
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.kill()
+    restarted = ServerProcess("hub", config, "HUB01", tmp_path).start()
+    restarted.stop()
+    for message_id in message_ids:
+        assert _message_rows(queue_db.url, message_id) == 1
