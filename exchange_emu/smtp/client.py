@@ -87,6 +87,8 @@ class MessageOutcome:
     data_reply: Reply | None = None
     shadowed: bool = False
     """Sent with ``XSHADOW=`` on a session the peer agreed to shadow."""
+    elapsed: float = 0.0
+    """Seconds from ``MAIL`` to the last reply of this message (on the session's clock)."""
 
     @property
     def completed(self) -> bool:
@@ -277,7 +279,10 @@ class _Conversation:
             if self.request.shadow_context is not None and "XSHADOW" in out.keywords:
                 await self.xshadow()
             for message in self.request.messages:
-                out.messages.append(await self.send_message(message))
+                started = self.clock.seconds()
+                result = await self.send_message(message)
+                result.elapsed = self.clock.seconds() - started
+                out.messages.append(result)
             wants_discards = out.shadowed and self.request.query_discards
             if wants_discards and not await self.query_discards():
                 return out
