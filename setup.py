@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.11",
     # twisted.plugins is listed explicitly: it is a plugin directory without an
     # __init__.py of ours, so find_packages() cannot see it.
-    packages=find_packages(include=["exchange_emu", "exchange_emu.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["exchange_emu", "exchange_emu.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["exchange_emu_plugins.py"]},
     install_requires=[
         "twisted[tls]>=24.3",

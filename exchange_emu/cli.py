@@ -37,8 +37,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
                 shutil.rmtree(server.data_dir)
     print(f"Exchange lab: organization {organization.name} from {args.config}")
     print(server_table(organization))
-    print(f"Logs and queue databases: under each server's DATA folder above. "
-          f"Ctrl-C stops the lab.", flush=True)
+    print("Logs and queue databases: under each server's DATA folder above. "
+          "Ctrl-C stops the lab.", flush=True)
     from twisted.scripts.twistd import run
 
     argv = ["twistd", "--nodaemon", "--pidfile=", "exchange-lab", "--config", args.config,

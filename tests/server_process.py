@@ -42,5 +42,7 @@ smtp = "127.0.0.1:{hub_port}"
     return path
 
 
-def run_to_exit(argv: list[str], cwd: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run_to_exit(
+    argv: list[str], cwd: Path, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)

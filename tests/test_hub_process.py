@@ -95,7 +95,8 @@ def _message_rows(url: str, message_id: str) -> int:
     try:
         with engine.connect() as conn:
             return conn.execute(
-                sa.text("SELECT count(*) FROM messages WHERE internet_message_id = :m"), {"m": message_id}
+                sa.text("SELECT count(*) FROM messages WHERE internet_message_id = :m"),
+                {"m": message_id},
             ).scalar_one()
     finally:
         engine.dispose()

@@ -27,6 +27,7 @@ from exchange_emu.smtp.client import (
 from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
+
 from smtp_fakes import FakePolicy
 
 CONTEXT = encode_shadow_context("0f3b0c50-985c-4e23-a9b7-4a7b46d456e0", "HUB01", "")

@@ -8,6 +8,7 @@ import pytest
 
 from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.smtp.interfaces import ServerSettings
+
 from smtp_fakes import DATABASE_GUID, FakePolicy, connect
 
 CONTEXT = encode_shadow_context("0f3b0c50-985c-4e23-a9b7-4a7b46d456e0", "HUB01", "")
@@ -259,7 +260,8 @@ def test_client_disconnect_during_held_reply_keeps_message():
 def start_data(h, mail: bytes = b"MAIL FROM:<a@contoso.test>") -> None:
     h.output()
     ehlo(h)
-    assert h.feed(mail + b"\r\nRCPT TO:<b@contoso.test>\r\nDATA\r\n").endswith(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n")
+    out = h.feed(mail + b"\r\nRCPT TO:<b@contoso.test>\r\nDATA\r\n")
+    assert out.endswith(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n")
 
 
 def test_dot_unstuffing_and_terminator_split_across_packets():

@@ -27,7 +27,9 @@ from exchange_emu.transport.receive_policy import TransportReceivePolicy
 log = Logger()
 
 
-def receive_settings(server: Server, connector: ReceiveConnector, tls: Any = None) -> ServerSettings:
+def receive_settings(
+    server: Server, connector: ReceiveConnector, tls: Any = None
+) -> ServerSettings:
     """The SMTP protocol's view of a receive connector."""
     return ServerSettings(
         connector_name=connector.name,

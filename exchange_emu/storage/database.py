@@ -1,0 +1,446 @@
+"""The queue database service: one transport server's queue store, off the reactor thread.
+
+Emulates the role of Exchange's transport queue database (``mail.que``): every message a server
+acknowledges is committed here first ("durable before acknowledged"), and the database carries
+a GUID that ``XSHADOW`` hands to shadow holders.
+
+Threads. All database work runs on threads this service owns; callers get Deferreds, which fire
+on the reactor thread (``reactor.callFromThread``) with plain values materialized in the thread.
+
+* One **writer** thread runs write jobs with *group commit*: the jobs waiting when it becomes
+  free (at most ``max_batch``) run in one transaction and commit together, so a burst of N
+  messages costs a few commits, not N. If the batch fails it is rolled back and each job re-runs
+  in its own transaction, so only the faulty job's Deferred errbacks. A write's Deferred fires
+  only after its commit returned.
+* ``readers`` reader threads run read jobs, each in its own (read) transaction; SQLite in WAL
+  mode lets them read while the writer writes. A private in-memory SQLite database has one
+  connection only, so there its reads run on the writer thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from exchange_emu.storage import tables
+from exchange_emu.storage.engine import (
+    WRITE_OPTIONS,
+    create_queue_engine,
+    display_url,
+    is_sqlite_memory,
+)
+from exchange_emu.storage.errors import StorageError
+from exchange_emu.storage.migrations import MIGRATIONS, Migration, upgrade
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+log = Logger()
+
+
+class _State(Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+@dataclass
+class _Job:
+    """A function to run on a database thread and the Deferred waiting for its result."""
+
+    fn: Callable[[Connection], Any]
+    deferred: defer.Deferred[Any]
+
+
+_STOP = object()  # sentinel that ends a worker thread's loop
+
+
+def _materialized(result: _T) -> _T:
+    """Refuse live cursor objects: they must not leave the database thread."""
+    if isinstance(result, sa.engine.Result | sa.engine.Row):
+        raise TypeError(
+            f"a queue database job returned a live {type(result).__name__}; "
+            "materialize rows (tuples, dataclasses) inside the job"
+        )
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    """A one-line reason for ``exc``: the DB-API error's first line if there is one."""
+    orig = getattr(exc, "orig", None)
+    source = orig if isinstance(orig, BaseException) else exc
+    for line in str(source).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(source).__name__
+
+
+class QueueDatabase(service.Service):
+    """A transport server's queue database as a Twisted service (start first, stop last).
+
+    ``url`` is any SQLAlchemy URL; SQLite (``sqlite:////var/lib/exchange-emu/hub01/queue.db``)
+    runs in WAL mode with ``synchronous=FULL``. :meth:`open` (called by
+    :meth:`privilegedStartService`, or directly) blocks: it creates the engine, migrates the
+    schema, loads or creates the database GUID and starts the threads, raising
+    :class:`StorageError` with a one-line reason when it cannot. Call :meth:`write` and
+    :meth:`read` from the reactor thread only.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor: IReactorFromThreads,
+        max_batch: int = 256,
+        readers: int = 2,
+        busy_timeout: float = 30.0,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if readers < 0:
+            raise ValueError("readers must not be negative")
+        self.url = url
+        self.max_batch = max_batch
+        self._reactor = reactor
+        self._readers_wanted = readers
+        self._busy_timeout = busy_timeout
+        self._migrations = tuple(migrations)
+        self._state = _State.CLOSED
+        self._engine: Engine | None = None
+        self._database_id: uuid.UUID | None = None
+        self._schema_version = 0
+        self._write_queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._read_queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers: list[threading.Thread] = []
+        self._close_waiters: list[defer.Deferred[None]] = []
+        #: Transactions the writer committed (a batch counts once): the group-commit gauge.
+        self.commits = 0
+        #: Batches the writer took off its queue.
+        self.batches = 0
+        #: Batches that failed and were re-run one job per transaction.
+        self.batch_failures = 0
+
+    # --- identity ----------------------------------------------------------------------------
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden."""
+        return display_url(self.url)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the database accepts jobs."""
+        return self._state is _State.OPEN
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (only for blocking use off the reactor, e.g. tools, tests)."""
+        if self._engine is None:
+            raise StorageError(f"queue database {self.display_url} is not open")
+        return self._engine
+
+    @property
+    def database_id(self) -> uuid.UUID:
+        """The queue database's GUID, created with the database (new when it is recreated)."""
+        if self._database_id is None:
+            raise StorageError(f"queue database {self.display_url} is not open")
+        return self._database_id
+
+    @property
+    def database_id_base64(self) -> str:
+        """The GUID as ``XSHADOW`` answers it: base64 of ``uuid.bytes`` (RFC 4122 byte order).
+
+        24 characters ending in ``==``, e.g. ``q3Jx0V5YqUqW3w3vOaG5Xw==``.
+        """
+        return base64.b64encode(self.database_id.bytes).decode("ascii")
+
+    @property
+    def pending_writes(self) -> int:
+        """Write jobs waiting for the writer thread (approximate; for gauges)."""
+        return self._write_queue.qsize()
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version the database was at after opening."""
+        return self._schema_version
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the engine, migrate, load/create the GUID and start the threads (blocking).
+
+        A no-op when already open. Raises :class:`StorageError` (one line, password hidden).
+        """
+        if self._state is _State.OPEN:
+            return
+        if self._state is _State.CLOSING:
+            raise StorageError(f"queue database {self.display_url} is still closing")
+        engine: Engine | None = None
+        try:
+            engine = create_queue_engine(self.url, busy_timeout=self._busy_timeout)
+            version = upgrade(engine, self._migrations)
+            guid = self._load_or_create_guid(engine)
+        except Exception as exc:
+            if engine is not None:
+                engine.dispose()
+            error = type(exc) if isinstance(exc, StorageError) else StorageError
+            raise error(f"cannot open queue database {self.display_url}: {_one_line(exc)}") from (
+                exc
+            )
+        self._engine = engine
+        self._database_id = guid
+        self._schema_version = version
+        self._state = _State.OPEN
+        self._start_threads(engine)
+        log.info(
+            "opened queue database {url} (schema version {version}, database id {guid})",
+            url=self.display_url,
+            version=version,
+            guid=str(guid),
+        )
+
+    def privilegedStartService(self) -> None:
+        """Open the database before twistd drops privileges, so a bad URL stops start-up."""
+        self.open()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Open the database unless :meth:`privilegedStartService` already did."""
+        self.open()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Refuse new jobs, finish the queued ones, join the threads and dispose the engine.
+
+        The returned Deferred fires (on the reactor thread) after all of that; the joining runs
+        on a short-lived thread so the reactor never blocks.
+        """
+        super().stopService()
+        if self._state is _State.CLOSED:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._close_waiters.append(waiter)
+        if self._state is _State.OPEN:
+            self._state = _State.CLOSING
+            done: defer.Deferred[None] = defer.Deferred()
+            done.addBoth(self._closed)
+            closer = threading.Thread(
+                target=self._close_in_thread, args=(done,), name="queue-db-closer", daemon=True
+            )
+            closer.start()
+        return waiter
+
+    def _closed(self, result: Failure | None) -> None:
+        """Reactor side of closing: forget the threads and engine, fire the waiters."""
+        self._state = _State.CLOSED
+        self._engine = None
+        self._writer = None
+        self._readers = []
+        waiters, self._close_waiters = self._close_waiters, []
+        if not isinstance(result, Failure):
+            log.info("closed queue database {url}", url=self.display_url)
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def write(
+        self,
+        fn: Callable[Concatenate[Connection, _P], _T],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> defer.Deferred[_T]:
+        """Run ``fn(conn, *args, **kwargs)`` in a group-committed write transaction.
+
+        The Deferred fires with ``fn``'s result after the transaction committed. ``fn`` must not
+        commit or roll back, must return materialized values, and may run twice (see module doc).
+        """
+        return self._submit(self._write_queue, fn, args, kwargs)
+
+    def read(
+        self,
+        fn: Callable[Concatenate[Connection, _P], _T],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> defer.Deferred[_T]:
+        """Run ``fn(conn, *args, **kwargs)`` in a read transaction on a reader thread."""
+        target = self._read_queue if self._readers else self._write_queue
+        return self._submit(target, fn, args, kwargs)
+
+    def _submit(
+        self,
+        target: queue.SimpleQueue[_Job | object],
+        fn: Callable[..., _T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> defer.Deferred[_T]:
+        if self._state is not _State.OPEN:
+            return defer.fail(StorageError(f"queue database {self.display_url} is not open"))
+        d: defer.Deferred[_T] = defer.Deferred()
+
+        def job(conn: Connection) -> _T:
+            return fn(conn, *args, **kwargs)
+
+        target.put(_Job(job, d))
+        return d
+
+    # --- thread side -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        if IReactorTime.providedBy(self._reactor):
+            return float(IReactorTime(self._reactor).seconds())
+        return time.time()
+
+    def _load_or_create_guid(self, engine: Engine) -> uuid.UUID:
+        info = tables.database_info
+        with engine.connect() as conn:
+            conn.execution_options(**WRITE_OPTIONS)
+            with conn.begin():
+                stored = conn.execute(
+                    sa.select(info.c.database_guid).where(info.c.id == 1)
+                ).scalar_one_or_none()
+                if stored is not None:
+                    return uuid.UUID(stored)
+                guid = uuid.uuid4()
+                conn.execute(
+                    sa.insert(info).values(id=1, database_guid=str(guid), created_at=self._now())
+                )
+        log.info("created queue database {url} with id {guid}", url=self.display_url, guid=guid)
+        return guid
+
+    def _start_threads(self, engine: Engine) -> None:
+        readers = 0 if is_sqlite_memory(sa.make_url(self.url)) else self._readers_wanted
+        self._writer = threading.Thread(
+            target=self._writer_loop, args=(engine,), name="queue-db-writer", daemon=True
+        )
+        self._readers = [
+            threading.Thread(
+                target=self._reader_loop, args=(engine,), name=f"queue-db-reader-{n}", daemon=True
+            )
+            for n in range(readers)
+        ]
+        for thread in (self._writer, *self._readers):
+            thread.start()
+
+    def _close_in_thread(self, done: defer.Deferred[None]) -> None:
+        try:
+            self._write_queue.put(_STOP)
+            for _ in self._readers:
+                self._read_queue.put(_STOP)
+            for thread in (self._writer, *self._readers):
+                if thread is not None:
+                    thread.join()
+            if self._engine is not None:
+                self._engine.dispose()
+        except Exception:
+            failure = Failure()
+            self._reactor.callFromThread(done.errback, failure)
+        else:
+            self._reactor.callFromThread(done.callback, None)
+
+    def _deliver(self, outcomes: list[tuple[defer.Deferred[Any], Any]]) -> None:
+        """Fire Deferreds on the reactor thread, in job order (one wake-up per batch)."""
+
+        def fire() -> None:
+            for d, outcome in outcomes:
+                if isinstance(outcome, Failure):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
+
+        self._reactor.callFromThread(fire)
+
+    def _transaction(self, engine: Engine, jobs: list[_Job]) -> list[Any]:
+        """Run ``jobs`` in one write transaction and commit; return their results."""
+        with engine.connect() as conn:
+            conn.execution_options(**WRITE_OPTIONS)
+            with conn.begin():
+                results = [_materialized(job.fn(conn)) for job in jobs]
+        self.commits += 1
+        return results
+
+    def _run_batch(self, engine: Engine, batch: list[_Job]) -> None:
+        self.batches += 1
+        try:
+            results = self._transaction(engine, batch)
+        except Exception:
+            failure = Failure()
+            failure.cleanFailure()
+            if len(batch) == 1:
+                self._deliver([(batch[0].deferred, failure)])
+                return
+            self.batch_failures += 1
+            outcomes: list[tuple[defer.Deferred[Any], Any]] = []
+            for job in batch:
+                try:
+                    (result,) = self._transaction(engine, [job])
+                except Exception:
+                    failure = Failure()
+                    failure.cleanFailure()
+                    outcomes.append((job.deferred, failure))
+                else:
+                    outcomes.append((job.deferred, result))
+            self._deliver(outcomes)
+        else:
+            self._deliver([(job.deferred, r) for job, r in zip(batch, results, strict=True)])
+
+    def _writer_loop(self, engine: Engine) -> None:
+        """Group commit: take every job already waiting (up to ``max_batch``) as one batch."""
+        while True:
+            first = self._write_queue.get()
+            if first is _STOP:
+                return
+            assert isinstance(first, _Job)
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._write_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                assert isinstance(item, _Job)
+                batch.append(item)
+            self._run_batch(engine, batch)
+            if stop:
+                return
+
+    def _reader_loop(self, engine: Engine) -> None:
+        while True:
+            item = self._read_queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, _Job)
+            try:
+                with engine.connect() as conn, conn.begin():
+                    result = _materialized(item.fn(conn))
+            except Exception:
+                failure = Failure()
+                failure.cleanFailure()
+                self._deliver([(item.deferred, failure)])
+            else:
+                self._deliver([(item.deferred, result)])

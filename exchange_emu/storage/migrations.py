@@ -1,0 +1,206 @@
+"""Schema migrations for the queue database: an ordered list of steps, applied on open.
+
+The ``schema_version`` table holds the version a database is at. :func:`upgrade` applies every
+step above it, in order, each in its own transaction together with the version bump, so a step
+that fails leaves the database at the previous version (DDL is transactional on SQLite here and
+on PostgreSQL). A database at a version above the newest step was written by newer code and is
+refused with :class:`SchemaVersionError` rather than being used half-understood.
+
+Adding a step: append ``Migration(n + 1, "what it does", fn)`` to :data:`MIGRATIONS`, change
+:mod:`exchange_emu.storage.tables` to the new shape, and never edit an existing step — steps
+describe history, so each defines (or alters) tables with its own frozen ``Table`` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from exchange_emu.storage import tables
+from exchange_emu.storage.engine import WRITE_OPTIONS
+from exchange_emu.storage.errors import SchemaVersionError
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: ``apply(conn)`` moves a database from ``version - 1`` to ``version``."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial_schema(conn: Connection) -> None:
+    """Version 1: the queue database of a transport server (frozen; do not edit)."""
+    md = sa.MetaData(naming_convention=tables.NAMING_CONVENTION)
+    ident = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    sa.Table(
+        "database_info",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("database_guid", sa.String(36), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.CheckConstraint("id = 1", name="single_row"),
+    )
+    sa.Table(
+        "messages",
+        md,
+        sa.Column("internal_id", ident, primary_key=True, autoincrement=True),
+        sa.Column("internet_message_id", sa.String(998), nullable=False),
+        sa.Column("sender", sa.String(320), nullable=False),
+        sa.Column("size", sa.Integer, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("received_at", sa.Float, nullable=False),
+        sa.Column("source", sa.String(32), nullable=False),
+        sa.Column("client_ip", sa.String(45), nullable=True),
+        sa.Column("client_hostname", sa.String(255), nullable=True),
+        sa.Column("receive_connector", sa.String(255), nullable=True),
+        sa.Column("subject", sa.UnicodeText, nullable=True),
+        sa.Column("hop_count", sa.Integer, nullable=False),
+        sa.Column("body_type", sa.String(16), nullable=False),
+        sa.Column("dsn_envid", sa.String(100), nullable=True),
+        sa.Column("dsn_ret", sa.String(8), nullable=True),
+        sa.Column("xexch50", sa.LargeBinary, nullable=True),
+        sa.Column("shadow_context", sa.String(255), nullable=True),
+        sa.Column("shadow_message_id", sa.String(255), nullable=True),
+        sa.Column("delayed_ack", sa.Boolean, nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=True),
+        sa.Column("crash_count", sa.Integer, nullable=False),
+        sa.Column("origin_server", sa.String(255), nullable=True),
+        sa.Index("ix_messages_state", "state"),
+        sa.Index("ix_messages_internet_message_id", "internet_message_id"),
+        sa.Index("ix_messages_expires_at", "expires_at"),
+        sa.Index("ix_messages_shadow_context", "shadow_context", "shadow_message_id"),
+        sqlite_autoincrement=True,
+    )
+    sa.Table(
+        "recipients",
+        md,
+        sa.Column("id", ident, primary_key=True, autoincrement=True),
+        sa.Column(
+            "internal_id",
+            ident,
+            sa.ForeignKey("messages.internal_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("address", sa.String(320), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("next_hop", sa.String(255), nullable=True),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("retry_count", sa.Integer, nullable=False),
+        sa.Column("next_retry_at", sa.Float, nullable=True),
+        sa.Column("last_response", sa.UnicodeText, nullable=True),
+        sa.Column("notify", sa.String(64), nullable=True),
+        sa.Column("orcpt", sa.String(500), nullable=True),
+        sa.Index("ix_recipients_internal_id", "internal_id"),
+        sa.Index("ix_recipients_queue_status", "queue", "status", "next_retry_at"),
+    )
+    sa.Table(
+        "shadow_messages",
+        md,
+        sa.Column("id", ident, primary_key=True, autoincrement=True),
+        sa.Column(
+            "internal_id",
+            ident,
+            sa.ForeignKey("messages.internal_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("primary_server", sa.String(255), nullable=False),
+        sa.Column("shadow_message_id", sa.String(255), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.UniqueConstraint("primary_server", "shadow_message_id"),
+        sa.Index("ix_shadow_messages_internal_id", "internal_id"),
+        sa.Index("ix_shadow_messages_created_at", "created_at"),
+    )
+    sa.Table(
+        "primaries",
+        md,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("database_id", sa.String(64), nullable=True),
+        sa.Column("failed_heartbeats", sa.Integer, nullable=False),
+        sa.Column("last_heartbeat_at", sa.Float, nullable=True),
+        sa.Column("last_success_at", sa.Float, nullable=True),
+    )
+    sa.Table(
+        "discard_notifications",
+        md,
+        sa.Column("id", ident, primary_key=True, autoincrement=True),
+        sa.Column("shadow_context", sa.String(255), nullable=False),
+        sa.Column("shadow_message_id", sa.String(255), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Index("ix_discard_notifications_context", "shadow_context", "created_at"),
+        sa.Index("ix_discard_notifications_created_at", "created_at"),
+    )
+    md.create_all(conn, checkfirst=False)
+
+
+#: Every schema step, oldest first; the last one's version is the code's schema version.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial queue database schema", _v1_initial_schema),
+)
+
+
+def latest_version(migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """The schema version a database has after all of ``migrations`` ran."""
+    return migrations[-1].version if migrations else 0
+
+
+def check_migrations(migrations: Sequence[Migration]) -> None:
+    """Raise ``ValueError`` unless the steps are numbered 1, 2, 3, … without gaps."""
+    for expected, step in enumerate(migrations, start=1):
+        if step.version != expected:
+            raise ValueError(
+                f"migration {step.description!r} has version {step.version}, expected {expected}"
+            )
+
+
+def get_version(conn: Connection) -> int:
+    """The schema version of the database behind ``conn`` (0 when it has no schema yet)."""
+    if not sa.inspect(conn).has_table(tables.schema_version.name):
+        return 0
+    version = conn.execute(sa.select(sa.func.max(tables.schema_version.c.version))).scalar()
+    return int(version) if version is not None else 0
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    updated = conn.execute(sa.update(tables.schema_version).values(version=version))
+    if updated.rowcount == 0:
+        conn.execute(sa.insert(tables.schema_version).values(version=version))
+
+
+def upgrade(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the database up to the newest step; return the version it is at afterwards.
+
+    Blocking: call it from a thread (or before the reactor runs). Raises
+    :class:`SchemaVersionError` if the database is newer than ``migrations`` know, and lets the
+    error of a failing step propagate after rolling that step back.
+    """
+    check_migrations(migrations)
+    newest = latest_version(migrations)
+    with engine.connect() as conn:
+        conn.execution_options(**WRITE_OPTIONS)
+        with conn.begin():
+            current = get_version(conn)
+        if current > newest:
+            raise SchemaVersionError(
+                f"queue database schema version {current} is newer than this exchange-emu "
+                f"supports ({newest}); use a newer exchange-emu or another database"
+            )
+        for step in migrations:
+            if step.version <= current:
+                continue
+            with conn.begin():
+                # Re-read inside the step's transaction: another process may have migrated.
+                current = get_version(conn)
+                if step.version <= current:
+                    continue
+                if current == 0:
+                    tables.schema_version.create(conn, checkfirst=True)
+                step.apply(conn)
+                _set_version(conn, step.version)
+            current = step.version
+    return current
