@@ -68,7 +68,8 @@ def _add_table_v2(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE TABLE extra_v2 (id INTEGER PRIMARY KEY, label VARCHAR(20))")
 
 
-V2 = Migration(2, "test: add primaries.note and extra_v2", _add_table_v2)
+NEXT = CURRENT + 1
+V2 = Migration(NEXT, "test: add primaries.note and extra_v2", _add_table_v2)
 
 
 class _QueueDatabaseBehaviour:
@@ -541,8 +542,8 @@ class _QueueDatabaseBehaviour:
         self.assertEqual(current.schema_version, CURRENT)
         await current.stopService()
 
-        newer = self.open_db(migrations=(*MIGRATIONS[:1], V2))
-        self.assertEqual((newer.schema_version, newer.database_id), (2, guid))
+        newer = self.open_db(migrations=(*MIGRATIONS, V2))
+        self.assertEqual((newer.schema_version, newer.database_id), (NEXT, guid))
         got = await QueueStore(newer).get_message(internal_id)
         assert got is not None
         self.assertEqual(got.subject, "test 1")
@@ -583,7 +584,7 @@ def test_too_new_database_is_refused(queue_db: QueueDbUrl) -> None:
     version 1, with a one-line SchemaVersionError."""
     engine = create_queue_engine(queue_db.url)
     try:
-        assert upgrade(engine, (*MIGRATIONS[:1], V2)) == 2
+        assert upgrade(engine, (*MIGRATIONS, V2)) == NEXT
     finally:
         engine.dispose()
     db = QueueDatabase(queue_db.url, reactor=reactor, migrations=MIGRATIONS[:1])
@@ -591,7 +592,7 @@ def test_too_new_database_is_refused(queue_db: QueueDbUrl) -> None:
         db.open()
     message = str(info.value)
     assert message.startswith(f"cannot open queue database {display_url(queue_db.url)}: ")
-    assert "schema version 2 is newer" in message
+    assert f"schema version {NEXT} is newer" in message
     assert "\n" not in message
     assert not db.is_open
 
@@ -659,7 +660,7 @@ def test_sqlite_connections_use_wal_and_full_sync(sqlite_queue_db: QueueDbUrl) -
 
 def test_migration_list_must_be_consecutive() -> None:
     """Steps numbered 1, 2, 3 … only; anything else is a programming error."""
-    check_migrations((*MIGRATIONS[:1], V2))
+    check_migrations((*MIGRATIONS, V2))
     with pytest.raises(ValueError, match="expected 2"):
         check_migrations((*MIGRATIONS[:1], Migration(3, "gap", _add_table_v2)))
 

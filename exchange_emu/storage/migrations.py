@@ -139,8 +139,27 @@ def _v1_initial_schema(conn: Connection) -> None:
 
 
 #: Every schema step, oldest first; the last one's version is the code's schema version.
+def _v2_transport_pipeline(conn: Connection) -> None:
+    """Version 2: what the transport pipeline needs to resume after a crash (frozen)."""
+    for statement in (
+        # The server a recipient was handed to: on takeover, the recipients a dead
+        # primary had are the ones to resubmit.
+        "ALTER TABLE recipients ADD COLUMN delivered_to VARCHAR(255)",
+        # The Internet message-id a discard notification is for (message tracking).
+        "ALTER TABLE discard_notifications ADD COLUMN internet_message_id VARCHAR(998)",
+        # Whether the delay DSN went out (DelayNotificationTimeout), so it goes once.
+        "ALTER TABLE messages ADD COLUMN delay_dsn_sent BOOLEAN NOT NULL DEFAULT FALSE",
+        # Set while the server runs, cleared on a clean stop: found set on open, the
+        # previous run crashed (poison message detection).
+        "ALTER TABLE database_info ADD COLUMN running BOOLEAN NOT NULL DEFAULT FALSE",
+    ):
+        conn.execute(sa.text(statement))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial queue database schema", _v1_initial_schema),
+    Migration(2, "transport pipeline: delivered_to, delay DSN, crash detection",
+              _v2_transport_pipeline),
 )
 
 

@@ -40,6 +40,7 @@ database_info = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("database_guid", sa.String(36), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("running", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.CheckConstraint("id = 1", name="single_row"),
 )
 
@@ -70,6 +71,7 @@ messages = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=True),
     sa.Column("crash_count", sa.Integer, nullable=False, default=0),
     sa.Column("origin_server", sa.String(255), nullable=True),
+    sa.Column("delay_dsn_sent", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_messages_state", "state"),
     sa.Index("ix_messages_internet_message_id", "internet_message_id"),
     sa.Index("ix_messages_expires_at", "expires_at"),
@@ -97,6 +99,7 @@ recipients = sa.Table(
     sa.Column("last_response", sa.UnicodeText, nullable=True),
     sa.Column("notify", sa.String(64), nullable=True),
     sa.Column("orcpt", sa.String(500), nullable=True),
+    sa.Column("delivered_to", sa.String(255), nullable=True),
     sa.Index("ix_recipients_internal_id", "internal_id"),
     sa.Index("ix_recipients_queue_status", "queue", "status", "next_retry_at"),
 )
@@ -140,6 +143,7 @@ discard_notifications = sa.Table(
     sa.Column("shadow_context", sa.String(255), nullable=False),
     sa.Column("shadow_message_id", sa.String(255), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("internet_message_id", sa.String(998), nullable=True),
     sa.Index("ix_discard_notifications_context", "shadow_context", "created_at"),
     sa.Index("ix_discard_notifications_created_at", "created_at"),
 )
