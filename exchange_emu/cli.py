@@ -7,7 +7,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from exchange_emu.directory import OrganizationFileError, load_organization
+from exchange_emu.directory import OrganizationFileError, UnknownServerError, load_organization
 
 
 def _load(path: str, port_offset: int = 0):  # type: ignore[no-untyped-def]
@@ -48,6 +48,61 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error(message: str) -> int:
+    print(f"exchange-emu: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    """``Get-MessageTrackingLog``: search the servers' message tracking logs, print a table."""
+    from exchange_emu.admin.tracking import (
+        TRACKING_LOG_SUBDIR,
+        TrackingQuery,
+        TrackingQueryError,
+        search_tracking_logs,
+        tracking_log_directory,
+    )
+    from exchange_emu.logs import format_table, to_json
+
+    try:
+        query = TrackingQuery.from_text(
+            start=args.start,
+            end=args.end,
+            event_id=args.event_id,
+            message_id=args.message_id,
+            internal_message_id=args.internal_message_id,
+            sender=args.sender,
+            recipients=args.recipients,
+            subject=args.subject,
+            reference=args.reference,
+            result_size=args.result_size,
+        )
+    except TrackingQueryError as e:
+        return _error(str(e))
+    organization = _load(args.config, args.port_offset)
+    try:
+        found = search_tracking_logs(organization, query, args.server)
+    except UnknownServerError as e:
+        return _error(str(e))
+    if not found.log_files:
+        if len(found.servers) == 1:
+            where = str(tracking_log_directory(found.servers[0]))
+        else:
+            where = f"<data_dir>/{TRACKING_LOG_SUBDIR.as_posix()} of {len(found.servers)} servers"
+        print(f"exchange-emu: no message tracking logs found in {where}", file=sys.stderr)
+    if args.json:
+        print(to_json(found.events))
+    else:
+        print(format_table(found.events), end="")
+    if found.truncated:
+        print(
+            f"exchange-emu: warning: more events match than the {query.result_size} shown; "
+            "raise --result-size (or use --result-size unlimited) to see them",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exchange-emu",
@@ -68,6 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate an organization file")
     with_config(check)
     check.set_defaults(func=cmd_check_config)
+
+    track = commands.add_parser(
+        "track",
+        help="search message tracking logs (Get-MessageTrackingLog)",
+        description="Get-MessageTrackingLog: search the message tracking logs of some servers "
+        "(default: every server of the organization) and print the events in time order. "
+        "Dates are ISO 8601; a date without an offset is UTC.",
+    )
+    with_config(track)
+    track.add_argument("--server", nargs="+", action="extend", metavar="NAME",
+                       help="search only these servers' logs (-Server)")
+    track.add_argument("--start", metavar="ISO", help="events at or after this time (-Start)")
+    track.add_argument("--end", metavar="ISO", help="events before this time (-End)")
+    track.add_argument("--event-id", metavar="ID", help="RECEIVE, SEND, DELIVER, ... (-EventId)")
+    track.add_argument("--message-id", metavar="ID", help="the Message-ID header (-MessageId)")
+    track.add_argument("--internal-message-id", metavar="N",
+                       help="the server's own message number (-InternalMessageId)")
+    track.add_argument("--sender", metavar="ADDR", help="sender address (-Sender)")
+    track.add_argument("--recipients", nargs="+", action="extend", metavar="ADDR",
+                       help="any of these recipients (-Recipients)")
+    track.add_argument("--subject", metavar="TEXT", help="subject contains (-MessageSubject)")
+    track.add_argument("--reference", metavar="TEXT", help="the reference field (-Reference)")
+    track.add_argument("--result-size", metavar="N|unlimited",
+                       help="at most N events, default 1000 (-ResultSize)")
+    track.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    track.set_defaults(func=cmd_track)
     return parser
 
 

@@ -33,6 +33,7 @@ from exchange_emu.logs.tracking_event import (
     format_custom_data,
     parse_custom_data,
     scenario_step,
+    scenario_steps,
 )
 from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
 from exchange_emu.logs.tracking_reader import (
@@ -82,5 +83,6 @@ __all__ = [
     "read_tracking_log",
     "read_tracking_logs",
     "scenario_step",
+    "scenario_steps",
     "to_json",
 ]

@@ -191,6 +191,23 @@ class CustomData(Mapping[str, str]):
         return f"CustomData({self._data!r})"
 
 
+def scenario_steps(*steps: str, **extra: str) -> dict[str, str]:
+    """``custom-data`` for a row that implements several consecutive steps at once, e.g.
+    a SEND on a shadowed session: ``D.1``, ``D.2``, ``D.3`` and ``D.4.1``.
+
+    Gives ``{"scenario": "D", "step": "D.4.1", "steps": "D.1,D.2,D.3,D.4.1", **extra}``.
+    """
+    if not steps:
+        raise ValueError("scenario_steps needs at least one step")
+    data = scenario_step(steps[-1], **extra)
+    for step in steps:
+        if not _STEP.match(step):
+            raise ValueError(f"not a scenario step like 'D.4.3': {step!r}")
+    if len(steps) > 1:
+        data["steps"] = ",".join(steps)
+    return data
+
+
 def _strings(value: Sequence[str] | str, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         raise TypeError(f"{name} must be a sequence of strings, not a string")
@@ -269,6 +286,14 @@ class TrackingEvent:
     def step(self) -> str:
         """The scenario step this event records (``custom-data`` ``step``), or ``""``."""
         return self.custom_data.get("step", "")
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """Every scenario step this row records, in order (``steps``, else ``step``)."""
+        many = self.custom_data.get("steps", "")
+        if many:
+            return tuple(many.split(","))
+        return (self.step,) if self.step else ()
 
 
 _ATTRIBUTES: dict[str, str] = {column: column.replace("-", "_") for column in TRACKING_FIELDS}

@@ -9,6 +9,7 @@ is acknowledged only after the commit that puts it in the Submission queue.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,7 +20,7 @@ from exchange_emu.directory import Organization, ReceiveConnector, Server
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
 from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
 from exchange_emu.smtp import replies
-from exchange_emu.smtp.envelope import domain_of
+from exchange_emu.smtp.envelope import EnvelopeSyntaxError, decode_shadow_context, domain_of
 from exchange_emu.smtp.interfaces import (
     Acceptance,
     IReceivePolicy,
@@ -30,6 +31,7 @@ from exchange_emu.smtp.interfaces import (
 from exchange_emu.smtp.replies import Reply
 from exchange_emu.storage import NewMessage, QueueStore
 from exchange_emu.storage import Recipient as StoredRecipient
+from exchange_emu.transport.jobs import hand_out_discards
 
 MAX_HOP_COUNT = 60
 """Exchange's default hop count limit (``MaxHopCount``)."""
@@ -47,6 +49,7 @@ class TransportReceivePolicy:
         store: QueueStore,
         clock: IReactorTime,
         tracking: MessageTrackingLog | NullMessageTrackingLog | None = None,
+        on_submitted: Callable[[int], None] | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
@@ -54,6 +57,7 @@ class TransportReceivePolicy:
         self.store = store
         self.clock = clock
         self.tracking = tracking or NullMessageTrackingLog()
+        self.on_submitted = on_submitted
         self.shadow_redundancy_enabled = organization.transport.shadow_redundancy_enabled
 
     def database_id(self) -> str:
@@ -107,6 +111,8 @@ class TransportReceivePolicy:
 
         def committed(internal_id: int) -> Acceptance:
             self._track_receive(message, internal_id)
+            if self.on_submitted is not None:
+                self.on_submitted(internal_id)
             return Acceptance(internal_id, message.message_id)
 
         return self.store.accept_message(new).addCallback(committed)
@@ -143,5 +149,22 @@ class TransportReceivePolicy:
         )
 
     def take_discards(self, session: SessionInfo, maximum: int) -> Deferred[list[str]]:
-        assert session.shadow_context is not None
-        return self.store.take_discard_notifications(session.shadow_context, maximum)
+        """D.6: hand the holder every discard notification prepared for it."""
+        context = session.shadow_context
+        assert context is not None
+        try:
+            holder = decode_shadow_context(context).server_name
+        except EnvelopeSyntaxError:
+            holder = session.helo or session.peer_ip
+
+        def handed_out(rows: list[tuple[str, str]]) -> list[str]:
+            for shadow_id, message_id in rows:
+                self.tracking.record(TrackingEvent(
+                    event_id="NOTIFYSHADOW", source="SMTP", server_hostname=self.server.fqdn,
+                    client_hostname=session.helo or "", client_ip=session.peer_ip,
+                    message_id=message_id,
+                    custom_data=scenario_step("D.6", shadow_message_id=shadow_id, holder=holder),
+                ))
+            return [shadow_id for shadow_id, _ in rows]
+
+        return self.store.db.write(hand_out_discards, context, maximum).addCallback(handed_out)

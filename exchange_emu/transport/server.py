@@ -22,7 +22,9 @@ from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.startup import StartupError
 from exchange_emu.storage import QueueDatabase, QueueStore, StorageError
+from exchange_emu.transport.engine import TransportEngine
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
+from exchange_emu.transport.tracking import TransportTracking
 
 log = Logger()
 
@@ -118,10 +120,17 @@ class TransportServer(service.MultiService):
             logs / "MessageTracking", server_name=server.fqdn, clock=clock
         )
         self.receive_log = ProtocolLog(logs / "ProtocolLog", kind="SmtpReceive", clock=clock)
+        self.send_log = ProtocolLog(logs / "ProtocolLog", kind="SmtpSend", clock=clock)
         _QueueDatabaseService(self.database, server.name).setServiceParent(self)
+        self.engine = TransportEngine(
+            organization, server, self.database, TransportTracking(server, self.tracking_log),
+            reactor, send_log=self.send_log,
+        )
+        self.engine.setServiceParent(self)
         for connector in server.receive_connectors:
             policy = TransportReceivePolicy(
-                organization, server, connector, self.store, clock, self.tracking_log
+                organization, server, connector, self.store, clock, self.tracking_log,
+                on_submitted=self.engine.submitted,
             )
             factory = ExchangeESMTPFactory(
                 receive_settings(server, connector), policy, clock, self.receive_log
@@ -134,6 +143,7 @@ class TransportServer(service.MultiService):
         def close_logs(result: object) -> object:
             self.tracking_log.close()
             self.receive_log.close()
+            self.send_log.close()
             return result
 
         return d.addBoth(close_logs)

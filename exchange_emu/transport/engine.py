@@ -1,0 +1,607 @@
+"""The transport pipeline of a hub or edge: categorizer, delivery queues and
+shadow redundancy, over the queue database.
+
+A message committed by a receive connector waits in the Submission queue;
+the categorizer routes each recipient into a delivery queue per next hop;
+each delivery queue opens SMTP sessions (XSHADOW where the next hop offers
+it) and applies the replies in one transaction per session. Shadow copies
+are kept per primary until its discard notification, its auto-discard age,
+or a takeover (heartbeat retry count reached, or a new primary database id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+
+from exchange_emu.directory import Organization, Server
+from exchange_emu.smtp.client import (
+    OutboundMessage,
+    SessionOutcome,
+    SessionRequest,
+    send_session,
+)
+from exchange_emu.smtp.envelope import encode_shadow_context
+from exchange_emu.smtp.interfaces import NullSessionLogFactory, SessionLogFactory
+from exchange_emu.storage import QueueDatabase
+from exchange_emu.storage.queue import record_heartbeat, shadow_primaries
+from exchange_emu.transport import jobs
+from exchange_emu.transport.routing import (
+    MAILBOX,
+    NextHop,
+    Router,
+    RoutingFailure,
+    Target,
+)
+from exchange_emu.transport.tracking import TransportTracking
+
+log = Logger()
+
+MAX_SESSIONS_PER_QUEUE = 20
+"""Exchange's MaxPerDomainOutboundConnections."""
+MESSAGES_PER_SESSION = 20
+"""Exchange's MaxMessagesPerConnection (send side)."""
+UNREACHABLE = "Unreachable"
+_CONTEXT_NAMESPACE = uuid.UUID("6f1d5e1c-8f5b-4f8e-9a51-3c2a7f4e1b00")
+
+
+def _run(coroutine: Coroutine[Any, Any, Any], what: str) -> Deferred[Any]:
+    """Run a coroutine; log (never swallow silently) what it raises."""
+    d = Deferred.fromCoroutine(coroutine)
+    d.addErrback(lambda f: log.failure("{what} failed", f, what=what))
+    return d
+
+
+class TransportEngine(service.Service):
+    """One transport server's pipeline (Exchange's Microsoft Exchange Transport service)."""
+
+    def __init__(
+        self,
+        organization: Organization,
+        server: Server,
+        database: QueueDatabase,
+        tracking: TransportTracking,
+        reactor: Any,
+        send_log: SessionLogFactory | None = None,
+        connect: Callable[[Target], IStreamClientEndpoint] | None = None,
+    ) -> None:
+        self.organization = organization
+        self.server = server
+        self.database = database
+        self.tracking = tracking
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.send_log: SessionLogFactory = send_log or NullSessionLogFactory()
+        self.connect = connect or self._tcp_endpoint
+        self.settings = organization.transport
+        self.router = Router(organization, server)
+        default_domain = organization.default_accepted_domain
+        self.signer = jobs.DsnSettings(
+            server.fqdn,
+            f"postmaster@{default_domain.domain if default_domain else server.fqdn}",
+        )
+        self.shadow_context = encode_shadow_context(
+            uuid.uuid5(_CONTEXT_NAMESPACE, server.name), server.name, server.fqdn
+        )
+        self.queues: dict[str, DeliveryQueue] = {}
+        self.down_until: dict[str, float] = {}
+        self.categorizer = Categorizer(self)
+        self.shadow = ShadowRedundancy(self)
+        self.stopping = False
+        self.ready: Deferred[None] = Deferred()
+        self._active: set[Deferred[Any]] = set()
+        self._aging: IDelayedCall | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _tcp_endpoint(self, target: Target) -> IStreamClientEndpoint:
+        return TCP4ClientEndpoint(self.reactor, target.address.host, target.address.port,
+                                  timeout=30)
+
+    def startService(self) -> None:
+        super().startService()
+        self.stopping = False
+        d = self.database.write(jobs.start_up)
+        d.addCallback(self._recovered)
+        d.addErrback(lambda f: log.failure("transport start-up failed", f))
+
+    def _recovered(self, recovery: jobs.Recovery) -> None:
+        for envelope in recovery.poisoned:
+            log.warn("{server}: message {id} crashed the server twice: Poison queue",
+                     server=self.server.name, id=envelope.message_id)
+            self.tracking.poison(envelope)
+        self.categorizer.add_all()
+        self.shadow.start()
+        self._schedule_aging()
+        self.ready.callback(None)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self.stopping = True
+        for timer in (self._aging, self.shadow.timer, self.categorizer.timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        for queue in self.queues.values():
+            queue.cancel_timer()
+        pending = DeferredList(list(self._active), consumeErrors=True)
+        pending.addTimeout(10, self.clock, onTimeoutCancel=lambda result, timeout: None)
+        d: Deferred[Any] = pending.addBoth(lambda _: self.database.write(jobs.stopped_cleanly))
+        d.addErrback(lambda f: log.failure("transport shutdown", f))
+        return d.addCallback(lambda _: None)
+
+    def track(self, d: Deferred[Any]) -> Deferred[Any]:
+        self._active.add(d)
+        return d.addBoth(self._untrack, d)
+
+    def _untrack(self, result: Any, d: Deferred[Any]) -> Any:
+        self._active.discard(d)
+        return result
+
+    # -- entry points ---------------------------------------------------------
+
+    def submitted(self, internal_id: int) -> None:
+        """A receive connector committed a message to the Submission queue."""
+        self.categorizer.add([internal_id])
+
+    def queue(self, hop: NextHop) -> DeliveryQueue:
+        queue = self.queues.get(hop.name)
+        if queue is None:
+            queue = self.queues[hop.name] = DeliveryQueue(self, hop)
+        else:
+            queue.hop = hop
+        return queue
+
+    def route(self, address: str) -> NextHop | RoutingFailure:
+        return self.router.route(address)
+
+    def mark_down(self, server: str, seconds: float) -> None:
+        """Prefer other targets than ``server`` for a while (it stopped answering)."""
+        self.down_until[server] = self.clock.seconds() + seconds
+
+    def ordered_targets(self, hop: NextHop) -> list[Target]:
+        now = self.clock.seconds()
+        up = [t for t in hop.targets if self.down_until.get(t.server or "", 0) <= now]
+        down = [t for t in hop.targets if t not in up]
+        return up + down
+
+    # -- delay DSN and expiry ---------------------------------------------------
+
+    def _schedule_aging(self) -> None:
+        interval = min(self.settings.delay_notification_timeout,
+                       self.settings.message_expiration_timeout) / 10
+        self._aging = self.clock.callLater(max(1.0, min(interval, 60.0)), self._age)
+
+    def _age(self) -> None:
+        self._aging = None
+        if self.stopping:
+            return
+        d = self.database.write(
+            jobs.age_messages, self.clock.seconds(),
+            delay_after=self.settings.delay_notification_timeout,
+            expire_after=self.settings.message_expiration_timeout, signer=self.signer)
+
+        def aged(result: tuple[jobs.Report, list[int]]) -> None:
+            report, expired = result
+            self.report(report)
+            for queue in self.queues.values():
+                queue.forget(expired)
+
+        d.addCallback(aged)
+        d.addErrback(lambda f: log.failure("message aging failed", f))
+        d.addBoth(lambda _: self._schedule_aging() if not self.stopping else None)
+
+    def report(self, report: jobs.Report, scenario_for_discard: str = "D.4.4") -> None:
+        """Tracking rows for what a job did; new DSNs go to the categorizer."""
+        for envelope, recipient, reply in report.failed:
+            self.tracking.failed(envelope, recipient, reply)
+        for new_id, kind, envelope, dsn_id in report.dsns:
+            self.tracking.dsn(envelope, kind, dsn_id)
+            self.categorizer.add([new_id])
+        for settled in report.settled:
+            if settled.discard_queued:
+                self.tracking.discard_prepared(
+                    settled.envelope, scenario_for_discard if settled.shadowed else "E.6")
+
+
+class Categorizer:
+    """Resolves and routes what waits in the Submission queue, in batches."""
+
+    def __init__(self, engine: TransportEngine) -> None:
+        self.engine = engine
+        self.pending: set[int] = set()
+        self.load_all = False
+        self.running = False
+        self.timer: IDelayedCall | None = None
+
+    def add(self, internal_ids: Sequence[int]) -> None:
+        self.pending.update(internal_ids)
+        self._schedule()
+
+    def add_all(self) -> None:
+        self.load_all = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.running or (self.timer is not None and self.timer.active()):
+            return
+        self.timer = self.engine.clock.callLater(0, self._start)
+
+    def _start(self) -> None:
+        self.timer = None
+        if self.engine.stopping or self.running:
+            return
+        self.running = True
+        d = self.engine.track(_run(self._drain(), "categorizer"))
+        d.addBoth(self._finished)
+
+    def _finished(self, _: object) -> None:
+        self.running = False
+        if (self.pending or self.load_all) and not self.engine.stopping:
+            self._schedule()
+
+    async def _drain(self) -> None:
+        engine = self.engine
+        while not engine.stopping and (self.pending or self.load_all):
+            if self.load_all:
+                self.load_all = False
+                batch = await engine.database.read(jobs.load_submission, None)
+                if len(batch) >= 1000:
+                    self.load_all = True
+            else:
+                ids = sorted(self.pending)[:1000]
+                self.pending.difference_update(ids)
+                batch = await engine.database.read(jobs.load_submission, ids)
+            if batch:
+                await self._categorize(batch)
+
+    async def _categorize(self, batch: list[jobs.Submitted]) -> None:
+        engine = self.engine
+        decisions: list[jobs.RouteDecision] = []
+        hops: dict[int, dict[str, NextHop]] = {}
+        for submitted in batch:
+            internal_id = submitted.envelope.internal_id
+            hops[internal_id] = {}
+            for recipient in submitted.recipients:
+                route = engine.route(recipient.address)
+                if isinstance(route, NextHop):
+                    hops[internal_id][route.name] = route
+                    decisions.append(jobs.RouteDecision(recipient.id, internal_id, jobs.READY,
+                                                        route.name))
+                elif route.unreachable:
+                    decisions.append(jobs.RouteDecision(
+                        recipient.id, internal_id, jobs.UNREACHABLE, UNREACHABLE, route.reply))
+                else:
+                    decisions.append(jobs.RouteDecision(
+                        recipient.id, internal_id, jobs.FAILED, "", route.reply))
+        report = await engine.database.write(
+            jobs.apply_routes, decisions, engine.clock.seconds(), engine.signer)
+        engine.report(report)
+        for submitted in batch:
+            routed = hops[submitted.envelope.internal_id]
+            if len(routed) > 1:
+                engine.tracking.transferred(submitted.envelope, sorted(routed))
+            for hop in routed.values():
+                engine.queue(hop).add(submitted.envelope.internal_id)
+
+
+class DeliveryQueue:
+    """One delivery queue (``<Server>\\<NextHopDomain>``): sessions to one next hop."""
+
+    def __init__(self, engine: TransportEngine, hop: NextHop) -> None:
+        self.engine = engine
+        self.hop = hop
+        self.items: dict[int, float] = {}  # internal id -> not before
+        self.in_flight: set[int] = set()
+        self.sessions = 0
+        self.status = "Ready"
+        self.retry_count = 0
+        self.next_attempt = 0.0
+        self.last_error: str | None = None
+        self.timer: IDelayedCall | None = None
+
+    @property
+    def name(self) -> str:
+        return self.hop.name
+
+    def add(self, internal_id: int, not_before: float = 0.0) -> None:
+        self.items[internal_id] = not_before
+        self.kick()
+
+    def forget(self, internal_ids: Sequence[int]) -> None:
+        for internal_id in internal_ids:
+            self.items.pop(internal_id, None)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def kick(self, delay: float = 0.0) -> None:
+        clock = self.engine.clock
+        if self.timer is not None and self.timer.active():
+            if self.timer.getTime() <= clock.seconds() + delay:
+                return
+            self.timer.cancel()
+        self.timer = clock.callLater(max(0.0, delay), self._pump)
+
+    def _pump(self) -> None:
+        self.timer = None
+        engine = self.engine
+        if engine.stopping:
+            return
+        now = engine.clock.seconds()
+        if now < self.next_attempt:
+            self.kick(self.next_attempt - now)
+            return
+        ready = sorted(i for i, t in self.items.items() if t <= now and i not in self.in_flight)
+        while ready and self.sessions < MAX_SESSIONS_PER_QUEUE:
+            batch, ready = ready[:MESSAGES_PER_SESSION], ready[MESSAGES_PER_SESSION:]
+            self.in_flight.update(batch)
+            self.sessions += 1
+            self.status = "Active"
+            d = engine.track(_run(self._deliver(batch), f"delivery queue {self.name}"))
+            d.addBoth(self._session_done, batch)
+        later = [t for i, t in self.items.items() if i not in self.in_flight and t > now]
+        if later:
+            self.kick(min(later) - now)
+
+    def _session_done(self, _: object, batch: list[int]) -> None:
+        self.in_flight.difference_update(batch)
+        self.sessions -= 1
+        if self.sessions == 0 and self.status == "Active":
+            self.status = "Ready"
+        if any(i not in self.in_flight for i in self.items):
+            self.kick()
+
+    def _retry_delay(self) -> float:
+        s = self.engine.settings
+        if self.retry_count <= s.queue_glitch_retry_count:
+            return s.queue_glitch_retry_interval
+        if self.retry_count <= s.queue_glitch_retry_count + s.transient_failure_retry_attempts:
+            return s.transient_failure_retry_interval
+        return s.outbound_connection_failure_retry_interval
+
+    async def _deliver(self, batch: list[int]) -> None:
+        engine = self.engine
+        items = await engine.database.read(jobs.load_delivery, self.name, batch)
+        found = {item.envelope.internal_id for item in items}
+        self.forget([i for i in batch if i not in found])
+        if not items:
+            return
+        if self.hop.delivery == MAILBOX:
+            await self._queue_failed(
+                items, "451 4.4.0 Mailbox delivery through the store driver is not built yet")
+            return
+        shadow = engine.settings.shadow_redundancy_enabled and self.hop.shadow_capable
+        outbound = [
+            OutboundMessage(
+                sender=item.envelope.sender,
+                recipients=tuple(r.address for r in item.recipients),
+                body=item.body,
+                shadow_message_id=str(uuid.uuid4()) if shadow else None,
+                body_type=item.body_type,
+                envid=item.envid,
+                ret=item.ret,
+                xexch50=item.xexch50,
+                notify={r.address: r.notify for r in item.recipients if r.notify},
+                orcpt={r.address: r.orcpt for r in item.recipients if r.orcpt},
+            )
+            for item in items
+        ]
+        request = SessionRequest(
+            helo=engine.server.fqdn,
+            messages=outbound,
+            shadow_context=engine.shadow_context if shadow else None,
+            discard_max=engine.settings.xqdiscard_max_events,
+        )
+        queried_at = engine.clock.seconds()
+        outcome, target = await engine.shadow.session(self.hop, request)
+        if target is None:
+            await self._queue_failed(items, f"451 4.4.0 {outcome.error or 'connection failed'}")
+            return
+        self.retry_count = 0
+        self.next_attempt = 0.0
+        self.last_error = None
+        primary = (target.server or str(target.address)) if outcome.shadowed else None
+        await engine.shadow.contact(target, outcome, heartbeat=False)
+        await self._record(items, outbound, outcome, target, primary)
+        if primary is not None and outcome.discards:
+            await engine.shadow.apply_discards(primary, outcome.discards, queried_at)
+
+    async def _record(self, items: list[jobs.DeliveryItem], outbound: list[OutboundMessage],
+                      outcome: SessionOutcome, target: Target, primary: str | None) -> None:
+        engine = self.engine
+        now = engine.clock.seconds()
+        retry_at = now + engine.settings.message_retry_interval
+        results = []
+        for index, item in enumerate(items):
+            mo = outcome.messages[index] if index < len(outcome.messages) else None
+            delivered, deferred, failed = [], [], []
+            replies = mo.recipient_results() if mo is not None else {}
+            for recipient in item.recipients:
+                reply = replies.get(recipient.address)
+                text = str(reply) if reply is not None else (
+                    f"451 4.4.0 {outcome.error or 'no reply from the next hop'}")
+                if reply is not None and reply.positive:
+                    delivered.append((recipient.id, text))
+                elif reply is not None and reply.permanent:
+                    failed.append((recipient.id, text))
+                else:
+                    deferred.append((recipient.id, text))
+            shadowed = mo is not None and mo.shadowed
+            shadow_id = outbound[index].shadow_message_id if shadowed else None
+            results.append(jobs.MessageResult(
+                item.envelope.internal_id, tuple(delivered), tuple(deferred), tuple(failed),
+                shadow_id))
+        report = await engine.database.write(
+            jobs.record_session, results, delivered_to=target.server or str(target.address),
+            primary=primary, now=now, retry_at=retry_at, signer=engine.signer)
+        settled = {s.envelope.internal_id: s for s in report.settled}
+        for item, result in zip(items, results, strict=True):
+            internal_id = item.envelope.internal_id
+            if result.delivered:
+                s = settled.get(internal_id)
+                engine.tracking.send(
+                    item.envelope, [r.address for r in item.recipients if any(
+                        r.id == rid for rid, _ in result.delivered)],
+                    [reply for _, reply in result.delivered], next_hop=self.name,
+                    target_fqdn=target.fqdn or str(target.address),
+                    shadowed=result.shadow_message_id is not None,
+                    deleted=bool(s and s.deleted))
+            if result.deferred:
+                engine.tracking.deferred(
+                    item.envelope, [r.address for r in item.recipients if any(
+                        r.id == rid for rid, _ in result.deferred)],
+                    result.deferred[0][1], self.name)
+                self.items[internal_id] = retry_at
+            else:
+                self.items.pop(internal_id, None)
+        for envelope, shadow_id in report.shadows_added:
+            engine.tracking.shadow_created(envelope, primary or "", shadow_id)
+        engine.report(report)
+
+    async def _queue_failed(self, items: list[jobs.DeliveryItem], reply: str) -> None:
+        """No target of the next hop answered: the queue goes to Retry."""
+        engine = self.engine
+        self.retry_count += 1
+        delay = self._retry_delay()
+        now = engine.clock.seconds()
+        self.status = "Retry"
+        self.last_error = reply
+        self.next_attempt = now + delay
+        ids = [item.envelope.internal_id for item in items]
+        await engine.database.write(jobs.defer_queue, self.name, ids, reply, now + delay)
+        for item in items:
+            engine.tracking.deferred(item.envelope, [r.address for r in item.recipients],
+                                     reply, self.name)
+            self.items[item.envelope.internal_id] = now + delay
+
+
+class ShadowRedundancy:
+    """The shadow holder's side: heartbeats to primaries, discards, takeover."""
+
+    def __init__(self, engine: TransportEngine) -> None:
+        self.engine = engine
+        self.last_contact: dict[str, float] = {}
+        self.heartbeats: set[str] = set()
+        self.timer: IDelayedCall | None = None
+        self.started_at = 0.0
+
+    @property
+    def interval(self) -> float:
+        return self.engine.settings.shadow_heartbeat_timeout_interval
+
+    def start(self) -> None:
+        self.started_at = self.engine.clock.seconds()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.engine.stopping:
+            self.timer = self.engine.clock.callLater(max(0.5, self.interval / 4), self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        d = self.engine.track(_run(self._check(), "shadow redundancy check"))
+        d.addBoth(lambda _: self._schedule())
+
+    async def _check(self) -> None:
+        engine = self.engine
+        now = engine.clock.seconds()
+        expired = await engine.database.write(
+            jobs.expire_shadows, now - engine.settings.shadow_message_auto_discard_interval)
+        for envelope in expired:
+            engine.tracking.shadow_discarded(envelope, "", reason="auto-discard")
+        await engine.database.write(
+            jobs.expire_discards, now - engine.settings.shadow_message_auto_discard_interval)
+        primaries = await engine.database.read(shadow_primaries)
+        for primary in primaries:
+            last = self.last_contact.get(primary, self.started_at)
+            if now - last >= self.interval and primary not in self.heartbeats:
+                self.heartbeats.add(primary)
+                d = engine.track(_run(self.heartbeat(primary), f"heartbeat to {primary}"))
+                d.addBoth(self._heartbeat_done, primary)
+
+    def _heartbeat_done(self, result: object, primary: str) -> object:
+        self.heartbeats.discard(primary)
+        return result
+
+    async def session(self, hop: NextHop, request: SessionRequest
+                      ) -> tuple[SessionOutcome, Target | None]:
+        """Open a session to the first target of ``hop`` that answers."""
+        engine = self.engine
+        outcome = SessionOutcome(error="no target")
+        for target in engine.ordered_targets(hop):
+            log_session = engine.send_log.open_session(
+                hop.name, engine.server.fqdn, str(target.address))
+            outcome = await send_session(engine.connect(target), request, engine.clock,
+                                         log_session)
+            if outcome.banner is not None:
+                return outcome, target
+        return outcome, None
+
+    async def heartbeat(self, primary: str) -> None:
+        """No session went to ``primary`` for a heartbeat interval: EHLO, XSHADOW,
+        XQDISCARD, QUIT — a complete XQDISCARD reply is a successful heartbeat."""
+        engine = self.engine
+        try:
+            server = engine.organization.server(primary)
+        except LookupError:
+            return
+        if server.smtp is None:
+            return
+        target = Target(server.smtp, server.name, server.fqdn)
+        hop = NextHop(server.fqdn, "smtp", (target,), "Heartbeat")
+        request = SessionRequest(helo=engine.server.fqdn, shadow_context=engine.shadow_context,
+                                 discard_max=engine.settings.xqdiscard_max_events)
+        queried_at = engine.clock.seconds()
+        outcome, reached = await self.session(hop, request)
+        await self.contact(target, outcome, heartbeat=True)
+        if reached is not None and outcome.shadowed and outcome.discards:
+            await self.apply_discards(primary, outcome.discards, queried_at)
+
+    async def contact(self, target: Target, outcome: SessionOutcome, heartbeat: bool) -> None:
+        """Book a session to a (possible) primary: heartbeat success or failure, and
+        the database id check of protocol.md §2."""
+        engine = self.engine
+        primary = target.server or str(target.address)
+        now = engine.clock.seconds()
+        if outcome.banner is not None:
+            self.last_contact[primary] = now
+        if not heartbeat and not outcome.shadowed:
+            return  # not a shadow session: says nothing about a primary's health
+        success = outcome.shadowed and outcome.discard_query in ("ok", "not-asked")
+        state = await engine.database.write(
+            record_heartbeat, primary, success, outcome.primary_database_id, now)
+        retry_count = engine.settings.shadow_heartbeat_retry_count
+        if state.database_changed:
+            await self.take_over(primary, "primary database id changed")
+        elif not success and state.failed_heartbeats >= retry_count:
+            engine.mark_down(primary, self.interval * retry_count)
+            await self.take_over(primary, "heartbeat retry count reached")
+
+    async def take_over(self, primary: str, reason: str) -> None:
+        """Take ownership of every shadow copy kept for ``primary`` and resubmit it."""
+        engine = self.engine
+        envelopes = await engine.database.write(jobs.take_ownership, primary)
+        for envelope in envelopes:
+            engine.tracking.resubmitted(envelope, primary, reason)
+        if envelopes:
+            log.info("{server}: took ownership of {n} shadow messages of {primary}: {reason}",
+                     server=engine.server.name, n=len(envelopes), primary=primary, reason=reason)
+            engine.categorizer.add([e.internal_id for e in envelopes])
+
+    async def apply_discards(self, primary: str, shadow_ids: Sequence[str],
+                             queried_at: float) -> None:
+        """D.5–D.7: the primary handed over discard notifications; drop those shadows."""
+        engine = self.engine
+        dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
+        for envelope, _deleted in dropped:
+            engine.tracking.discard_queried(envelope, primary, queried_at)
+            engine.tracking.shadow_discarded(envelope, primary)

@@ -1,0 +1,690 @@
+"""The transport pipeline's queue operations, run on the queue database's
+writer thread (each function takes a ``Connection`` and returns plain data).
+
+Every state change of a message is one of these functions, so each is one
+(group-committed) transaction: a crash between two of them leaves the queue
+database in a state the next start can resume from.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from exchange_emu.storage import POISON_QUEUE, SUBMISSION_QUEUE, NewMessage
+from exchange_emu.storage import Recipient as NewRecipient
+from exchange_emu.storage.queue import accept_message
+from exchange_emu.storage.tables import (
+    database_info,
+    discard_notifications,
+    messages,
+    recipients,
+    shadow_messages,
+)
+from exchange_emu.transport import dsn
+
+READY = "ready"
+RETRY = "retry"
+UNREACHABLE = "unreachable"
+DELIVERED = "delivered"
+FAILED = "failed"
+SUSPENDED = "suspended"
+PENDING = (READY, RETRY, UNREACHABLE)
+"""Recipient statuses that still need this server to do something."""
+
+QUEUED = "queued"
+SHADOW = "shadow"
+POISON = "poison"
+
+_CHUNK = 500
+
+
+def _chunks(values: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+@dataclass(frozen=True)
+class DsnSettings:
+    """Who signs this server's delivery status notifications."""
+
+    reporting_mta: str
+    postmaster: str
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message's envelope facts, for tracking rows and routing."""
+
+    internal_id: int
+    message_id: str
+    sender: str
+    subject: str
+    size: int
+    source: str
+    received_at: float
+    shadow_context: str | None
+    shadow_message_id: str | None
+
+
+@dataclass(frozen=True)
+class SubmittedRecipient:
+    id: int
+    address: str
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A message with recipients waiting in the Submission queue for the categorizer."""
+
+    envelope: Envelope
+    recipients: tuple[SubmittedRecipient, ...]
+
+
+@dataclass
+class Settled:
+    """What became of a message once no recipient needs this server any more."""
+
+    envelope: Envelope
+    discard_queued: bool = False  # for the previous hop (D.4.4, C.3, E.6)
+    deleted: bool = False  # E.5: not shadowed anywhere, gone
+    shadowed: bool = False  # kept as a shadow copy for a primary (D.4.3)
+
+
+@dataclass
+class Report:
+    """The outcome of one job, for tracking rows and the in-memory queues."""
+
+    settled: list[Settled] = field(default_factory=list)
+    dsns: list[tuple[int, str, Envelope, str]] = field(default_factory=list)
+    """(new internal id, kind, original envelope, DSN message-id) for each DSN generated."""
+    failed: list[tuple[Envelope, str, str]] = field(default_factory=list)
+    """(envelope, recipient, reply) for each recipient failed."""
+    shadows_added: list[tuple[Envelope, str]] = field(default_factory=list)
+    """(envelope, our shadow message id) for each shadow copy made (D.4.3)."""
+
+
+def _envelope(row: Any) -> Envelope:
+    return Envelope(
+        internal_id=int(row.internal_id),
+        message_id=row.internet_message_id,
+        sender=row.sender,
+        subject=row.subject or "",
+        size=int(row.size),
+        source=row.source,
+        received_at=float(row.received_at),
+        shadow_context=row.shadow_context,
+        shadow_message_id=row.shadow_message_id,
+    )
+
+
+_ENVELOPE = [
+    messages.c.internal_id,
+    messages.c.internet_message_id,
+    messages.c.sender,
+    messages.c.subject,
+    messages.c.size,
+    messages.c.source,
+    messages.c.received_at,
+    messages.c.shadow_context,
+    messages.c.shadow_message_id,
+]
+
+
+def _envelopes(conn: Connection, internal_ids: Iterable[int]) -> dict[int, Envelope]:
+    ids = sorted(set(internal_ids))
+    out: dict[int, Envelope] = {}
+    for chunk in _chunks(ids):
+        for row in conn.execute(sa.select(*_ENVELOPE).where(messages.c.internal_id.in_(chunk))):
+            out[int(row.internal_id)] = _envelope(row)
+    return out
+
+
+# --- start-up -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recovery:
+    crashed: bool
+    poisoned: tuple[Envelope, ...]
+    to_categorize: int
+
+
+def start_up(conn: Connection, poison_threshold: int = 2) -> Recovery:
+    """Resume after a start: every pending recipient goes back to Submission so
+    it is categorized and routed afresh (the organization may have changed).
+
+    If the previous run did not stop cleanly, each message that was waiting for
+    the categorizer counts one crash; at ``poison_threshold`` it goes to the
+    Poison queue instead (Exchange's poison message detection).
+    """
+    crashed = bool(conn.execute(sa.select(database_info.c.running)).scalar_one())
+    conn.execute(sa.update(database_info).values(running=True))
+    poisoned: list[Envelope] = []
+    if crashed:
+        in_submission = sa.select(recipients.c.internal_id).where(
+            recipients.c.queue == SUBMISSION_QUEUE, recipients.c.status == READY
+        )
+        conn.execute(
+            sa.update(messages)
+            .where(messages.c.internal_id.in_(in_submission), messages.c.state == QUEUED)
+            .values(crash_count=messages.c.crash_count + 1)
+        )
+        rows = conn.execute(
+            sa.select(*_ENVELOPE).where(
+                messages.c.crash_count >= poison_threshold, messages.c.state == QUEUED
+            )
+        ).all()
+        poisoned = [_envelope(row) for row in rows]
+        ids = [p.internal_id for p in poisoned]
+        for chunk in _chunks(ids):
+            conn.execute(
+                sa.update(messages).where(messages.c.internal_id.in_(chunk)).values(state=POISON)
+            )
+            conn.execute(
+                sa.update(recipients)
+                .where(recipients.c.internal_id.in_(chunk), recipients.c.status.in_(PENDING))
+                .values(queue=POISON_QUEUE, status=SUSPENDED)
+            )
+    result = conn.execute(
+        sa.update(recipients)
+        .where(recipients.c.status.in_(PENDING), recipients.c.queue != SUBMISSION_QUEUE)
+        .values(queue=SUBMISSION_QUEUE, status=READY, next_hop=None, next_retry_at=None)
+    )
+    waiting = conn.execute(
+        sa.select(sa.func.count()).select_from(recipients).where(
+            recipients.c.queue == SUBMISSION_QUEUE, recipients.c.status == READY
+        )
+    ).scalar_one()
+    del result
+    return Recovery(crashed, tuple(poisoned), int(waiting))
+
+
+def stopped_cleanly(conn: Connection) -> None:
+    conn.execute(sa.update(database_info).values(running=False))
+
+
+# --- categorizer ------------------------------------------------------------------------------
+
+
+def load_submission(
+    conn: Connection, internal_ids: Sequence[int] | None = None, limit: int = 1000
+) -> list[Submitted]:
+    """Messages with recipients waiting in the Submission queue (all, or ``internal_ids``)."""
+    query = sa.select(recipients.c.id, recipients.c.internal_id, recipients.c.address).where(
+        recipients.c.queue == SUBMISSION_QUEUE, recipients.c.status == READY
+    )
+    rows: list[Any] = []
+    if internal_ids is None:
+        rows = list(conn.execute(query.order_by(recipients.c.internal_id).limit(limit * 50)))
+    else:
+        for chunk in _chunks(sorted(set(internal_ids))):
+            rows.extend(conn.execute(query.where(recipients.c.internal_id.in_(chunk))))
+    grouped: dict[int, list[SubmittedRecipient]] = defaultdict(list)
+    for row in rows:
+        grouped[int(row.internal_id)].append(SubmittedRecipient(int(row.id), row.address))
+    envelopes = _envelopes(conn, grouped)
+    return [
+        Submitted(envelopes[i], tuple(grouped[i]))
+        for i in sorted(grouped)[:limit]
+        if i in envelopes
+    ]
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """The categorizer's verdict on one recipient."""
+
+    recipient_id: int
+    internal_id: int
+    status: str  # READY (queued to next hop), UNREACHABLE, or FAILED
+    queue: str
+    response: str | None = None
+
+
+def apply_routes(
+    conn: Connection, decisions: Sequence[RouteDecision], now: float, signer: DsnSettings
+) -> Report:
+    """Put each categorized recipient in its delivery queue (bifurcating the message
+    where recipients go different ways), fail the unroutable ones with an NDR."""
+    by_queue: dict[tuple[str, str, str | None], list[int]] = defaultdict(list)
+    failures: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for d in decisions:
+        if d.status == FAILED:
+            failures[d.internal_id].append((d.recipient_id, d.response or "550 5.4.4 unroutable"))
+        else:
+            by_queue[(d.queue, d.status, d.response)].append(d.recipient_id)
+    for (queue, status, response), ids in by_queue.items():
+        for chunk in _chunks(ids):
+            conn.execute(
+                sa.update(recipients)
+                .where(recipients.c.id.in_(chunk))
+                .values(queue=queue, next_hop=queue, status=status, last_response=response)
+            )
+    report = Report()
+    _fail(conn, failures, now, signer, report)
+    _settle(conn, {d.internal_id for d in decisions}, now, report)
+    return report
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryRecipient:
+    id: int
+    address: str
+    notify: str | None
+    orcpt: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryItem:
+    """A message as one delivery queue sends it: only that queue's recipients."""
+
+    envelope: Envelope
+    body: bytes
+    body_type: str
+    envid: str | None
+    ret: str | None
+    xexch50: bytes | None
+    recipients: tuple[DeliveryRecipient, ...]
+
+
+def load_delivery(conn: Connection, queue: str, internal_ids: Sequence[int]) -> list[DeliveryItem]:
+    """The messages (with body) and their recipients waiting in ``queue``."""
+    grouped: dict[int, list[DeliveryRecipient]] = defaultdict(list)
+    for chunk in _chunks(sorted(set(internal_ids))):
+        for row in conn.execute(
+            sa.select(recipients.c.id, recipients.c.internal_id, recipients.c.address,
+                      recipients.c.notify, recipients.c.orcpt)
+            .where(recipients.c.internal_id.in_(chunk), recipients.c.queue == queue,
+                   recipients.c.status.in_((READY, RETRY)))
+            .order_by(recipients.c.id)
+        ):
+            grouped[int(row.internal_id)].append(
+                DeliveryRecipient(int(row.id), row.address, row.notify, row.orcpt)
+            )
+    items = []
+    for chunk in _chunks(sorted(grouped)):
+        for msg in conn.execute(
+            sa.select(*_ENVELOPE, messages.c.body, messages.c.body_type, messages.c.dsn_envid,
+                      messages.c.dsn_ret, messages.c.xexch50)
+            .where(messages.c.internal_id.in_(chunk))
+        ):
+            items.append(
+                DeliveryItem(_envelope(msg), bytes(msg.body), msg.body_type, msg.dsn_envid,
+                             msg.dsn_ret, msg.xexch50, tuple(grouped[int(msg.internal_id)]))
+            )
+    return items
+
+
+@dataclass(frozen=True)
+class MessageResult:
+    """What the next hop said about one message's recipients."""
+
+    internal_id: int
+    delivered: tuple[tuple[int, str], ...] = ()  # (recipient id, reply)
+    deferred: tuple[tuple[int, str], ...] = ()
+    failed: tuple[tuple[int, str], ...] = ()
+    shadow_message_id: str | None = None
+    """Our ``XSHADOW=`` id, when the next hop took the message as primary."""
+
+
+def record_session(
+    conn: Connection,
+    results: Sequence[MessageResult],
+    *,
+    delivered_to: str | None,
+    primary: str | None,
+    now: float,
+    retry_at: float,
+    signer: DsnSettings,
+) -> Report:
+    """Apply one outbound session's replies. Delivered recipients are done; a
+    shadowed message becomes a shadow copy for ``primary`` (D.4.3) instead of
+    being deleted; deferred ones wait for ``retry_at``; failed ones get an NDR."""
+    report = Report()
+    failures: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for result in results:
+        for rid, reply in result.delivered:
+            conn.execute(
+                sa.update(recipients).where(recipients.c.id == rid)
+                .values(status=DELIVERED, last_response=reply, delivered_to=delivered_to)
+            )
+        for rid, reply in result.deferred:
+            conn.execute(
+                sa.update(recipients).where(recipients.c.id == rid)
+                .values(status=RETRY, last_response=reply, next_retry_at=retry_at,
+                        retry_count=recipients.c.retry_count + 1)
+            )
+        failures[result.internal_id].extend(result.failed)
+        if primary is not None and result.delivered and result.shadow_message_id:
+            conn.execute(
+                sa.insert(shadow_messages).values(
+                    internal_id=result.internal_id, primary_server=primary,
+                    shadow_message_id=result.shadow_message_id, created_at=now,
+                )
+            )
+    envelopes = _envelopes(conn, [r.internal_id for r in results])
+    report.shadows_added = [
+        (envelopes[r.internal_id], r.shadow_message_id)
+        for r in results
+        if primary is not None and r.delivered and r.shadow_message_id
+        and r.internal_id in envelopes
+    ]
+    _fail(conn, {k: v for k, v in failures.items() if v}, now, signer, report)
+    _settle(conn, [r.internal_id for r in results], now, report)
+    return report
+
+
+def defer_queue(
+    conn: Connection, queue: str, internal_ids: Sequence[int], reply: str, retry_at: float
+) -> int:
+    """The next hop could not be reached: every recipient of these messages in
+    ``queue`` waits for the queue's next retry (queue at the point of failure)."""
+    changed = 0
+    for chunk in _chunks(sorted(set(internal_ids))):
+        changed += conn.execute(
+            sa.update(recipients)
+            .where(recipients.c.internal_id.in_(chunk), recipients.c.queue == queue,
+                   recipients.c.status.in_((READY, RETRY)))
+            .values(status=RETRY, last_response=reply, next_retry_at=retry_at)
+        ).rowcount
+    return changed
+
+
+# --- failure, DSN and settling ------------------------------------------------------------------
+
+
+def _enhanced(reply: str) -> str:
+    parts = reply.split()
+    if len(parts) > 1 and parts[1][:1] in "245" and parts[1].count(".") == 2:
+        return parts[1]
+    return "5.0.0" if reply[:1] == "5" else "4.0.0"
+
+
+def _fail(
+    conn: Connection,
+    failures: dict[int, list[tuple[int, str]]],
+    now: float,
+    signer: DsnSettings,
+    report: Report,
+) -> None:
+    """Fail recipients for good; send one NDR per message to its sender where wanted."""
+    if not failures:
+        return
+    envelopes = _envelopes(conn, failures)
+    for internal_id, failed in failures.items():
+        envelope = envelopes.get(internal_id)
+        if envelope is None:
+            continue
+        ids = [rid for rid, _ in failed]
+        rows = {
+            int(r.id): r
+            for r in conn.execute(
+                sa.select(recipients.c.id, recipients.c.address, recipients.c.notify,
+                          recipients.c.orcpt).where(recipients.c.id.in_(ids))
+            )
+        }
+        statuses = []
+        for rid, reply in failed:
+            conn.execute(
+                sa.update(recipients).where(recipients.c.id == rid)
+                .values(status=FAILED, last_response=reply)
+            )
+            row = rows.get(rid)
+            if row is None:
+                continue
+            report.failed.append((envelope, row.address, reply))
+            statuses.append(dsn.RecipientStatus(row.address, _enhanced(reply), reply,
+                                                orcpt=row.orcpt, notify=row.notify))
+        wanted = dsn.dsn_recipients("failed", envelope.sender, statuses)
+        if wanted:
+            _queue_dsn(conn, "failed", envelope, wanted, now, signer, report)
+
+
+def _queue_dsn(
+    conn: Connection,
+    kind: str,
+    envelope: Envelope,
+    statuses: Sequence[dsn.RecipientStatus],
+    now: float,
+    signer: DsnSettings,
+    report: Report,
+    retry_until: float = 0.0,
+) -> None:
+    row = conn.execute(
+        sa.select(messages.c.body, messages.c.dsn_ret, messages.c.dsn_envid)
+        .where(messages.c.internal_id == envelope.internal_id)
+    ).one()
+    common: dict[str, Any] = dict(
+        reporting_mta=signer.reporting_mta, postmaster=signer.postmaster,
+        original_sender=envelope.sender, original=bytes(row.body), recipients=statuses,
+        arrival=envelope.received_at, now=now, ret=row.dsn_ret, envid=row.dsn_envid,
+        message_id=f"<{uuid.uuid4()}@{signer.reporting_mta}>",
+    )
+    if kind == "failed":
+        message = dsn.build_ndr(**common)
+    else:
+        message = dsn.build_delay_dsn(retry_until=retry_until, **common)
+    new_id = accept_message(
+        conn,
+        NewMessage(
+            sender="", recipients=(NewRecipient(message.recipient),), body=message.body,
+            received_at=now, message_id=message.message_id, subject=message.subject,
+            source="DSN", body_type=message.body_type,
+        ),
+    )
+    report.dsns.append((new_id, kind, envelope, message.message_id))
+
+
+def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: Report) -> None:
+    """Messages none of whose recipients is pending any more: queue the discard
+    notification for the hop they came from, then keep them as shadow copies
+    (if a primary holds them) or delete them."""
+    ids = sorted(set(internal_ids))
+    if not ids:
+        return
+    pending: set[int] = set()
+    shadowed: set[int] = set()
+    for chunk in _chunks(ids):
+        pending.update(int(i) for i in conn.execute(
+            sa.select(recipients.c.internal_id.distinct()).where(
+                recipients.c.internal_id.in_(chunk),
+                recipients.c.status.in_((*PENDING, SUSPENDED)),
+            )).scalars())
+        shadowed.update(int(i) for i in conn.execute(
+            sa.select(shadow_messages.c.internal_id.distinct()).where(
+                shadow_messages.c.internal_id.in_(chunk))).scalars())
+    done = [i for i in ids if i not in pending]
+    envelopes = _envelopes(conn, done)
+    for internal_id in done:
+        envelope = envelopes.get(internal_id)
+        if envelope is None:
+            continue
+        settled = Settled(envelope)
+        if envelope.shadow_context and envelope.shadow_message_id:
+            settled.discard_queued = _queue_discard(conn, envelope, now)
+        if internal_id in shadowed:
+            conn.execute(sa.update(messages).where(messages.c.internal_id == internal_id)
+                         .values(state=SHADOW))
+            settled.shadowed = True
+        else:
+            conn.execute(sa.delete(messages).where(messages.c.internal_id == internal_id))
+            settled.deleted = True
+        report.settled.append(settled)
+
+
+def _queue_discard(conn: Connection, envelope: Envelope, now: float) -> bool:
+    exists = conn.execute(
+        sa.select(discard_notifications.c.id).where(
+            discard_notifications.c.shadow_context == envelope.shadow_context,
+            discard_notifications.c.shadow_message_id == envelope.shadow_message_id,
+        )
+    ).first()
+    if exists is not None:
+        return False
+    conn.execute(
+        sa.insert(discard_notifications).values(
+            shadow_context=envelope.shadow_context,
+            shadow_message_id=envelope.shadow_message_id,
+            created_at=now,
+            internet_message_id=envelope.message_id,
+        )
+    )
+    return True
+
+
+# --- shadow redundancy ----------------------------------------------------------------------------
+
+
+def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[str, str]]:
+    """The primary's side of ``XQDISCARD``: up to ``limit`` of ``context``'s
+    notifications, oldest first, deleted in the same transaction (D.6)."""
+    rows = conn.execute(
+        sa.select(discard_notifications.c.id, discard_notifications.c.shadow_message_id,
+                  discard_notifications.c.internet_message_id)
+        .where(discard_notifications.c.shadow_context == context)
+        .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
+        .limit(limit)
+    ).all()
+    if rows:
+        conn.execute(sa.delete(discard_notifications).where(
+            discard_notifications.c.id.in_([r.id for r in rows])))
+    return [(r.shadow_message_id, r.internet_message_id or "") for r in rows]
+
+
+def apply_discards(
+    conn: Connection, primary: str, shadow_message_ids: Sequence[str]
+) -> list[tuple[Envelope, bool]]:
+    """The holder's side (D.7): drop the shadow copies ``primary`` says it is done
+    with; a message no primary shadows any more, with nothing else pending, is
+    deleted. Returns (envelope, deleted) per shadow dropped."""
+    if not shadow_message_ids:
+        return []
+    rows = conn.execute(
+        sa.select(shadow_messages.c.id, shadow_messages.c.internal_id).where(
+            shadow_messages.c.primary_server == primary,
+            shadow_messages.c.shadow_message_id.in_(list(shadow_message_ids)),
+        )
+    ).all()
+    if not rows:
+        return []
+    conn.execute(sa.delete(shadow_messages).where(shadow_messages.c.id.in_([r.id for r in rows])))
+    ids = [int(r.internal_id) for r in rows]
+    envelopes = _envelopes(conn, ids)
+    still = {int(i) for i in conn.execute(
+        sa.select(shadow_messages.c.internal_id.distinct())
+        .where(shadow_messages.c.internal_id.in_(ids))).scalars()}
+    deleted = [i for i in set(ids) if i not in still]
+    if deleted:
+        conn.execute(sa.delete(messages).where(
+            messages.c.internal_id.in_(deleted), messages.c.state == SHADOW))
+    return [(envelopes[i], i in deleted) for i in ids if i in envelopes]
+
+
+def take_ownership(conn: Connection, primary: str) -> list[Envelope]:
+    """The holder takes over every shadow copy it keeps for ``primary`` (heartbeat
+    retry count reached, or the primary lost its queue database): the recipients
+    handed to that primary go back to Submission to be categorized and rerouted."""
+    ids = sorted({int(i) for i in conn.execute(
+        sa.select(shadow_messages.c.internal_id).where(
+            shadow_messages.c.primary_server == primary)).scalars()})
+    if not ids:
+        return []
+    for chunk in _chunks(ids):
+        conn.execute(
+            sa.update(recipients)
+            .where(recipients.c.internal_id.in_(chunk), recipients.c.delivered_to == primary,
+                   recipients.c.status == DELIVERED)
+            .values(status=READY, queue=SUBMISSION_QUEUE, next_hop=None, delivered_to=None,
+                    next_retry_at=None)
+        )
+        conn.execute(sa.update(messages).where(messages.c.internal_id.in_(chunk))
+                     .values(state=QUEUED))
+    conn.execute(sa.delete(shadow_messages).where(shadow_messages.c.primary_server == primary))
+    return list(_envelopes(conn, ids).values())
+
+
+def expire_shadows(conn: Connection, older_than: float) -> list[Envelope]:
+    """ShadowMessageAutoDiscardInterval: drop shadow copies older than ``older_than``;
+    messages left with nothing pending are deleted."""
+    rows = conn.execute(sa.select(shadow_messages.c.id, shadow_messages.c.internal_id)
+                        .where(shadow_messages.c.created_at < older_than)).all()
+    if not rows:
+        return []
+    conn.execute(sa.delete(shadow_messages).where(shadow_messages.c.id.in_([r.id for r in rows])))
+    ids = sorted({int(r.internal_id) for r in rows})
+    envelopes = _envelopes(conn, ids)
+    still = {int(i) for i in conn.execute(
+        sa.select(shadow_messages.c.internal_id.distinct())
+        .where(shadow_messages.c.internal_id.in_(ids))).scalars()}
+    gone = [i for i in ids if i not in still]
+    if gone:
+        conn.execute(sa.delete(messages).where(
+            messages.c.internal_id.in_(gone), messages.c.state == SHADOW))
+    return [envelopes[i] for i in ids if i in envelopes]
+
+
+def expire_discards(conn: Connection, older_than: float) -> int:
+    return int(conn.execute(sa.delete(discard_notifications).where(
+        discard_notifications.c.created_at < older_than)).rowcount)
+
+
+# --- delay DSN and expiry ---------------------------------------------------------------------
+
+
+def age_messages(
+    conn: Connection,
+    now: float,
+    *,
+    delay_after: float,
+    expire_after: float,
+    signer: DsnSettings,
+) -> tuple[Report, list[int]]:
+    """DelayNotificationTimeout: one delay DSN per message still pending after it.
+    MessageExpirationTimeout: pending recipients fail (NDR ``4.4.7 QUEUE.Expired``).
+    Returns the report and the ids of expired messages (to drop from the queues)."""
+    report = Report()
+    expired_rows = conn.execute(
+        sa.select(recipients.c.id, recipients.c.internal_id)
+        .join(messages, messages.c.internal_id == recipients.c.internal_id)
+        .where(recipients.c.status.in_(PENDING), messages.c.received_at < now - expire_after,
+               messages.c.state == QUEUED)
+    ).all()
+    failures: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for row in expired_rows:
+        failures[int(row.internal_id)].append(
+            (int(row.id), "550 4.4.7 QUEUE.Expired; message expired"))
+    _fail(conn, failures, now, signer, report)
+    _settle(conn, failures, now, report)
+    delayed = conn.execute(
+        sa.select(recipients.c.internal_id, recipients.c.address, recipients.c.notify,
+                  recipients.c.orcpt, recipients.c.last_response)
+        .join(messages, messages.c.internal_id == recipients.c.internal_id)
+        .where(recipients.c.status.in_(PENDING), messages.c.received_at < now - delay_after,
+               messages.c.delay_dsn_sent == sa.false(), messages.c.state == QUEUED)
+    ).all()
+    by_message: dict[int, list[dsn.RecipientStatus]] = defaultdict(list)
+    for late in delayed:
+        reply = late.last_response or "400 4.4.7 Message delayed"
+        by_message[int(late.internal_id)].append(dsn.RecipientStatus(
+            late.address, _enhanced(reply).replace("5.", "4.", 1), reply,
+            orcpt=late.orcpt, notify=late.notify))
+    envelopes = _envelopes(conn, by_message)
+    for internal_id, statuses in by_message.items():
+        envelope = envelopes[internal_id]
+        conn.execute(sa.update(messages).where(messages.c.internal_id == internal_id)
+                     .values(delay_dsn_sent=True))
+        wanted = dsn.dsn_recipients("delayed", envelope.sender, statuses)
+        if wanted:
+            _queue_dsn(conn, "delayed", envelope, wanted, now, signer, report,
+                       retry_until=envelope.received_at + expire_after)
+    return report, sorted(failures)

@@ -1,0 +1,125 @@
+"""Message tracking rows of a transport server, each naming the scenario step
+it implements (``custom-data`` ``S:step=D.4.3``), so a message can be followed
+hop by hop through the six scenarios of the shadow redundancy document."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from exchange_emu.directory import Server
+from exchange_emu.logs.tracking_event import TrackingEvent, scenario_steps
+from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
+from exchange_emu.transport.jobs import Envelope
+
+
+class TransportTracking:
+    """Writes one server's message tracking log rows for the transport pipeline."""
+
+    def __init__(self, server: Server, log: MessageTrackingLog | NullMessageTrackingLog) -> None:
+        self.server = server
+        self.log = log
+
+    def _row(
+        self,
+        event_id: str,
+        source: str,
+        envelope: Envelope,
+        steps: Sequence[str],
+        *,
+        recipients: Sequence[str] = (),
+        statuses: Sequence[str] = (),
+        server_hostname: str = "",
+        connector: str = "",
+        reference: str = "",
+        **extra: str,
+    ) -> None:
+        custom = scenario_steps(*steps, **extra) if steps else dict(extra)
+        self.log.record(
+            TrackingEvent(
+                event_id=event_id,
+                source=source,
+                server_hostname=server_hostname or self.server.fqdn,
+                connector_id=connector,
+                internal_message_id=str(envelope.internal_id),
+                message_id=envelope.message_id,
+                recipient_address=tuple(recipients),
+                recipient_status=tuple(statuses),
+                total_bytes=envelope.size,
+                recipient_count=len(recipients) or None,
+                reference=reference,
+                message_subject=envelope.subject,
+                sender_address=envelope.sender,
+                return_path=envelope.sender,
+                custom_data=custom,
+            )
+        )
+
+    def send(self, envelope: Envelope, recipients: Sequence[str], replies: Sequence[str], *,
+             next_hop: str, target_fqdn: str, shadowed: bool, deleted: bool) -> None:
+        """SEND to the next hop: D.1–D.4.1 on a shadowed session, else E.1–E.4 (E.5
+        too when the message is deleted at once)."""
+        if shadowed:
+            steps: tuple[str, ...] = ("D.1", "D.2", "D.3", "D.4.1")
+        else:
+            steps = ("E.1", "E.2", "E.3", "E.4") + (("E.5",) if deleted else ())
+        self._row("SEND", "SMTP", envelope, steps, recipients=recipients, statuses=replies,
+                  server_hostname=target_fqdn, connector=next_hop)
+
+    def shadow_created(self, envelope: Envelope, primary: str, shadow_id: str) -> None:
+        """D.4.3: the next hop is the primary; the message goes to its shadow queue."""
+        self._row("HAREDIRECT", "SMTP", envelope, ("D.4.3",), primary=primary,
+                  shadow_message_id=shadow_id)
+
+    def shadow_refused(self, envelope: Envelope, next_hop: str, why: str) -> None:
+        self._row("HAREDIRECTFAIL", "SMTP", envelope, (), next_hop=next_hop, reason=why)
+
+    def discard_prepared(self, envelope: Envelope, scenario: str) -> None:
+        """D.4.4 / E.6 (and C.3): a discard notification waits for the previous hop."""
+        assert envelope.shadow_message_id is not None
+        self._row("NOTIFYSHADOW", "SMTP", envelope, (scenario,),
+                  shadow_message_id=envelope.shadow_message_id)
+
+    def discard_handed_out(self, message_id: str, shadow_id: str, holder: str) -> None:
+        """D.6: the primary gives the holder its discard notification."""
+        self.log.record(TrackingEvent(
+            event_id="NOTIFYSHADOW", source="SMTP", server_hostname=self.server.fqdn,
+            message_id=message_id, custom_data=scenario_steps(
+                "D.6", shadow_message_id=shadow_id, holder=holder)))
+
+    def discard_queried(self, envelope: Envelope, primary: str, queried_at: float) -> None:
+        """D.5: the query whose reply carried this message's discard notification."""
+        from datetime import UTC, datetime
+
+        self.log.record(TrackingEvent(
+            event_id="HADISCARD", source="SMTP", server_hostname=self.server.fqdn,
+            date_time=datetime.fromtimestamp(queried_at, UTC),
+            internal_message_id=str(envelope.internal_id), message_id=envelope.message_id,
+            sender_address=envelope.sender, message_subject=envelope.subject,
+            custom_data=scenario_steps("D.5", primary=primary)))
+
+    def shadow_discarded(self, envelope: Envelope, primary: str, reason: str = "discard") -> None:
+        """D.7: the holder deletes its shadow copy."""
+        self._row("HADISCARD", "SMTP", envelope, ("D.7",) if reason == "discard" else (),
+                  primary=primary, reason=reason)
+
+    def resubmitted(self, envelope: Envelope, primary: str, reason: str) -> None:
+        """The holder takes ownership of a shadow copy and resubmits it."""
+        self._row("RESUBMIT", "SMTP", envelope, (), primary=primary, reason=reason)
+
+    def deferred(self, envelope: Envelope, recipients: Sequence[str], reply: str,
+                 next_hop: str) -> None:
+        self._row("DEFER", "SMTP", envelope, (), recipients=recipients,
+                  statuses=[reply] * len(recipients), connector=next_hop)
+
+    def failed(self, envelope: Envelope, recipient: str, reply: str) -> None:
+        self._row("FAIL", "SMTP", envelope, (), recipients=[recipient], statuses=[reply])
+
+    def dsn(self, envelope: Envelope, kind: str, dsn_message_id: str) -> None:
+        self._row("DSN", "DSN", envelope, (), reference=dsn_message_id, kind=kind)
+
+    def poison(self, envelope: Envelope) -> None:
+        self._row("POISONMESSAGE", "QUEUE", envelope, ())
+
+    def transferred(self, envelope: Envelope, queues: Sequence[str]) -> None:
+        """Bifurcation: the recipients of one message go to several next hops."""
+        self._row("TRANSFER", "ROUTING", envelope, (), queues=";".join(queues))
