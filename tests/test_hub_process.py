@@ -112,8 +112,10 @@ def test_sigkill_right_after_250_loses_nothing(tmp_path, queue_db):
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.ehlo("app.contoso.test")
+            # No send connector leads to fabrikam.test: the messages wait in the
+            # Unreachable queue, so they must still be in the database afterwards.
             for message_id in message_ids:
-                client.sendmail("app@contoso.test", ["bob@contoso.test"],
+                client.sendmail("app@contoso.test", ["erin@fabrikam.test"],
                                 f"Message-ID: {message_id}\r\nSubject: k\r\n\r\nx\r\n")
             # The last reply has arrived: kill before anything else can happen.
             hub.kill()
