@@ -8,14 +8,15 @@ from exchange_emu.lab.processes import free_ports
 
 
 def chain_org(directory: Path, *, heartbeat: str = "00:00:01", retry_count: int = 2,
-              database_urls: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
-    """HUB01 → HUB02 → EDGE01 → INTERNET01 (a foreign sink) for fabrikam.test.
+              database_urls: dict[str, str] | None = None,
+              internet_sources: tuple[str, ...] = ("HUB02",)) -> tuple[Path, dict[str, int]]:
+    """HUB01 → HUB02 → EDGE01 → INTERNET01 (a foreign sink) for fabrikam.test, and HUB03.
 
     HUB02 is the only source server of the Internet send connector, so HUB01
     relays Internet mail to HUB02 (same site), HUB02 to EDGE01 (its smart host),
     and EDGE01 to INTERNET01.
     """
-    names = ["HUB01", "HUB02", "EDGE01", "INTERNET01"]
+    names = ["HUB01", "HUB02", "HUB03", "EDGE01", "INTERNET01"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     urls = database_urls or {}
 
@@ -55,6 +56,14 @@ smtp = "127.0.0.1:{ports['HUB02']}"
 {db('HUB02')}
 
 [[servers]]
+name = "HUB03"
+fqdn = "hub03.contoso.test"
+roles = ["hub"]
+site = "Site-A"
+smtp = "127.0.0.1:{ports['HUB03']}"
+{db('HUB03')}
+
+[[servers]]
 name = "EDGE01"
 fqdn = "edge01.contoso.test"
 roles = ["edge"]
@@ -72,7 +81,7 @@ local_domains = ["fabrikam.test"]
 [[send_connectors]]
 name = "Internet via EDGE01"
 address_spaces = ["*"]
-source_servers = ["HUB02"]
+source_servers = {list(internet_sources)}
 smart_hosts = ["EDGE01"]
 
 [[send_connectors]]
