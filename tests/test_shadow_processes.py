@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from org_files import chain_org
 from process_lab import ProcessLab, step_rows
 from sink import Sink
