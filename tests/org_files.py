@@ -9,7 +9,8 @@ from exchange_emu.lab.processes import free_ports
 
 def chain_org(directory: Path, *, heartbeat: str = "00:00:01", retry_count: int = 2,
               database_urls: dict[str, str] | None = None,
-              internet_sources: tuple[str, ...] = ("HUB02",)) -> tuple[Path, dict[str, int]]:
+              internet_sources: tuple[str, ...] = ("HUB02",),
+              transport: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
     """HUB01 → HUB02 → EDGE01 → INTERNET01 (a foreign sink) for fabrikam.test, and HUB03.
 
     HUB02 is the only source server of the Internet send connector, so HUB01
@@ -96,7 +97,7 @@ ShadowHeartbeatRetryCount = {retry_count}
 QueueGlitchRetryInterval = "00:00:01"
 TransientFailureRetryInterval = "00:00:01"
 MessageRetryInterval = "00:00:01"
-"""
+""" + "".join(f'{key} = "{value}"\n' for key, value in (transport or {}).items())
     path = directory / "chain.toml"
     path.write_text(text)
     return path, ports

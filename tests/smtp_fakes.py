@@ -46,9 +46,10 @@ class FakePolicy:
         self.held: list[Deferred[Any]] = []
         self.discards: dict[str, list[str]] = {}
         self.refuse_recipients: set[str] = set()
+        self.database_guid = DATABASE_GUID
 
     def database_id(self) -> str:
-        return base64.b64encode(DATABASE_GUID.bytes).decode()
+        return base64.b64encode(self.database_guid.bytes).decode()
 
     def is_org_server(self, session: SessionInfo) -> bool:
         return self.org

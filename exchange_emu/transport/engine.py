@@ -71,13 +71,14 @@ class TransportEngine(service.Service):
         reactor: Any,
         send_log: SessionLogFactory | None = None,
         connect: Callable[[Target], IStreamClientEndpoint] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
         self.database = database
         self.tracking = tracking
         self.reactor = reactor
-        self.clock: IReactorTime = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
         self.send_log: SessionLogFactory = send_log or NullSessionLogFactory()
         self.connect = connect or self._tcp_endpoint
         self.settings = organization.transport
@@ -490,6 +491,7 @@ class ShadowRedundancy:
     def __init__(self, engine: TransportEngine) -> None:
         self.engine = engine
         self.last_contact: dict[str, float] = {}
+        self.last_attempt: dict[str, float] = {}
         self.heartbeats: set[str] = set()
         self.timer: IDelayedCall | None = None
         self.started_at = 0.0
@@ -522,9 +524,11 @@ class ShadowRedundancy:
             jobs.expire_discards, now - engine.settings.shadow_message_auto_discard_interval)
         primaries = await engine.database.read(shadow_primaries)
         for primary in primaries:
-            last = self.last_contact.get(primary, self.started_at)
+            last = max(self.last_contact.get(primary, self.started_at),
+                       self.last_attempt.get(primary, self.started_at))
             if now - last >= self.interval and primary not in self.heartbeats:
                 self.heartbeats.add(primary)
+                self.last_attempt[primary] = now
                 d = engine.track(_run(self.heartbeat(primary), f"heartbeat to {primary}"))
                 d.addBoth(self._heartbeat_done, primary)
 

@@ -496,12 +496,12 @@ def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: R
     shadowed: set[int] = set()
     for chunk in _chunks(ids):
         pending.update(int(i) for i in conn.execute(
-            sa.select(recipients.c.internal_id.distinct()).where(
+            sa.select(recipients.c.internal_id).distinct().where(
                 recipients.c.internal_id.in_(chunk),
                 recipients.c.status.in_((*PENDING, SUSPENDED)),
             )).scalars())
         shadowed.update(int(i) for i in conn.execute(
-            sa.select(shadow_messages.c.internal_id.distinct()).where(
+            sa.select(shadow_messages.c.internal_id).distinct().where(
                 shadow_messages.c.internal_id.in_(chunk))).scalars())
     done = [i for i in ids if i not in pending]
     envelopes = _envelopes(conn, done)
@@ -581,7 +581,7 @@ def apply_discards(
     ids = [int(r.internal_id) for r in rows]
     envelopes = _envelopes(conn, ids)
     still = {int(i) for i in conn.execute(
-        sa.select(shadow_messages.c.internal_id.distinct())
+        sa.select(shadow_messages.c.internal_id).distinct()
         .where(shadow_messages.c.internal_id.in_(ids))).scalars()}
     deleted = [i for i in set(ids) if i not in still]
     if deleted:
@@ -624,7 +624,7 @@ def expire_shadows(conn: Connection, older_than: float) -> list[Envelope]:
     ids = sorted({int(r.internal_id) for r in rows})
     envelopes = _envelopes(conn, ids)
     still = {int(i) for i in conn.execute(
-        sa.select(shadow_messages.c.internal_id.distinct())
+        sa.select(shadow_messages.c.internal_id).distinct()
         .where(shadow_messages.c.internal_id.in_(ids))).scalars()}
     gone = [i for i in ids if i not in still]
     if gone:

@@ -1,0 +1,319 @@
+"""The transport pipeline of one hub (HUB01) in-process, its timers on a
+task.Clock, against fake next hops (our SMTP server with an in-memory policy)
+listening on loopback: shadow queues, discards, heartbeats, takeover,
+resubmission, auto-discard, retry, expiry, delay DSN and NDR."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from exchange_emu.directory import load_organization
+from exchange_emu.smtp.interfaces import ServerSettings
+from exchange_emu.smtp.server import ExchangeESMTPFactory
+from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
+from exchange_emu.storage.queue import get_primary, shadow_primaries
+from exchange_emu.transport import jobs
+from exchange_emu.transport.engine import TransportEngine
+from exchange_emu.transport.tracking import TransportTracking
+from org_files import chain_org
+from smtp_fakes import FakePolicy
+
+NOW = 1795870800.0
+
+
+class RecordingLog:
+    """A message tracking log that keeps its rows in memory."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def record(self, event: Any) -> None:
+        self.events.append(event)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class EngineTests(TestCase):
+    """HUB01's engine; fake HUB02/HUB03/EDGE01 servers; Internet mail goes via HUB02/HUB03."""
+
+    async def start(self, *, retry_count: int = 3, heartbeat: str = "00:00:10",
+                    fakes: tuple[str, ...] = ("HUB02", "HUB03")) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        config, self.ports = chain_org(
+            directory, heartbeat=heartbeat, retry_count=retry_count,
+            internet_sources=("HUB02", "HUB03"),
+            transport={"DelayNotificationTimeout": "00:02:00",
+                       "MessageExpirationTimeout": "00:10:00",
+                       "ShadowMessageAutoDiscardInterval": "00:30:00",
+                       "OutboundConnectionFailureRetryInterval": "00:00:30"})
+        self.organization = load_organization(config)
+        self.server = self.organization.server("HUB01")
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.db = QueueDatabase(f"sqlite:///{directory / 'hub01.db'}", reactor=reactor)
+        self.db.open()
+        self.addCleanup(self.db.stopService)
+        self.store = QueueStore(self.db)
+        self.log = RecordingLog()
+        self.engine = TransportEngine(
+            self.organization, self.server, self.db,
+            TransportTracking(self.server, self.log), reactor, clock=self.clock)
+        self.fakes: dict[str, FakePolicy] = {}
+        self.listeners: dict[str, Any] = {}
+        for name in fakes:
+            await self.start_fake(name)
+        self.engine.startService()
+        await self.engine.ready
+        self.addCleanup(self.stop_engine)
+        await self.settle()
+
+    async def stop_engine(self) -> None:
+        await self.engine.stopService()
+        for name in list(self.listeners):
+            await self.stop_fake(name)
+
+    async def start_fake(self, name: str) -> FakePolicy:
+        policy = self.fakes.get(name) or FakePolicy()
+        self.fakes[name] = policy
+        fqdn = self.organization.server(name).fqdn
+        factory = ExchangeESMTPFactory(ServerSettings(f"Default {name}", fqdn), policy, reactor)
+        self.listeners[name] = await TCP4ServerEndpoint(
+            reactor, self.ports[name], interface="127.0.0.1").listen(factory)
+        return policy
+
+    async def stop_fake(self, name: str) -> None:
+        await self.listeners.pop(name).stopListening()
+
+    async def settle(self) -> None:
+        """Run what is due on the Clock, and wait for the work it starts, until quiet."""
+        for _ in range(200):
+            self.clock.advance(0)
+            active = list(self.engine._active)
+            if active:
+                await DeferredList(active)
+                continue
+            due = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
+            if not due:
+                return
+        raise AssertionError("the engine did not settle")
+
+    async def advance(self, seconds: float, step: float = 0.5) -> None:
+        """Move the Clock forward in steps, letting the engine act at each."""
+        end = self.clock.seconds() + seconds
+        while self.clock.seconds() < end:
+            self.clock.advance(min(step, end - self.clock.seconds()))
+            await self.settle()
+
+    async def submit(self, to: str = "erin@fabrikam.test", sender: str = "alice@contoso.test",
+                     message_id: str | None = None) -> int:
+        message_id = message_id or f"<{uuid.uuid4()}@contoso.test>"
+        internal_id = await self.store.accept_message(NewMessage(
+            sender=sender, recipients=(to,), received_at=self.clock.seconds(),
+            body=f"Message-ID: {message_id}\r\nSubject: unit\r\n\r\nbody\r\n".encode(),
+            message_id=message_id, subject="unit"))
+        self.engine.submitted(internal_id)
+        await self.settle()
+        return internal_id
+
+    def events(self, event_id: str) -> list[Any]:
+        return [e for e in self.log.events if e.event_id == event_id]
+
+    async def primaries(self) -> dict[str, int]:
+        return await self.db.read(shadow_primaries)
+
+    # -- tests -------------------------------------------------------------------------------------
+
+    async def test_next_hop_250_makes_a_shadow_copy_per_primary(self):
+        """D.4.3: after the primary's 250 the message sits in the shadow queue for that
+        primary — one shadow queue per primary."""
+        await self.start()
+        first = await self.submit()
+        self.engine.mark_down("HUB02", 3600)  # the next one goes to HUB03
+        second = await self.submit()
+        self.assertEqual(await self.primaries(), {"HUB02": 1, "HUB03": 1})
+        self.assertEqual(len(self.fakes["HUB02"].stored), 1)
+        self.assertEqual(len(self.fakes["HUB03"].stored), 1)
+        for internal_id in (first, second):
+            message = await self.store.get_message(internal_id)
+            self.assertEqual(message.state, "shadow")
+        self.assertEqual(len(self.events("HAREDIRECT")), 2)
+
+    async def test_discard_notification_deletes_the_shadow(self):
+        """D.5–D.7: the primary hands the shadow id back on XQDISCARD; the holder deletes
+        the shadow copy and, nothing else pending, the message."""
+        await self.start()
+        internal_id = await self.submit()
+        stored = self.fakes["HUB02"].stored[0].message
+        self.assertIsNotNone(stored.shadow_message_id)
+        context = stored.session.shadow_context
+        self.fakes["HUB02"].discards[context] = [stored.shadow_message_id]
+        await self.advance(10)  # a heartbeat interval with no session: heartbeat
+        self.assertEqual(await self.primaries(), {})
+        self.assertIsNone(await self.store.get_message(internal_id))
+        self.assertEqual([e.step for e in self.events("HADISCARD")], ["D.5", "D.7"])
+
+    async def test_shadow_kept_until_its_discard(self):
+        """Heartbeats that bring no discard leave the shadow copy alone."""
+        await self.start()
+        internal_id = await self.submit()
+        await self.advance(35)
+        self.assertEqual(await self.primaries(), {"HUB02": 1})
+        self.assertIsNotNone(await self.store.get_message(internal_id))
+
+    async def test_failed_heartbeats_are_counted_and_a_success_resets_them(self):
+        await self.start(retry_count=5)
+        await self.submit()
+        await self.stop_fake("HUB02")
+        await self.advance(10)
+        state = await self.db.read(get_primary, "HUB02")
+        self.assertEqual(state.failed_heartbeats, 1)
+        await self.advance(10)
+        self.assertEqual((await self.db.read(get_primary, "HUB02")).failed_heartbeats, 2)
+        await self.start_fake("HUB02")
+        await self.advance(10)
+        self.assertEqual((await self.db.read(get_primary, "HUB02")).failed_heartbeats, 0)
+        self.assertEqual(await self.primaries(), {"HUB02": 1})
+        self.assertEqual(self.events("RESUBMIT"), [])
+
+    async def test_takeover_at_retry_count_reroutes_to_another_hub(self):
+        """At ShadowHeartbeatRetryCount failed heartbeats the holder takes ownership and
+        resubmits: recategorized, rerouted past the dead primary (to HUB03)."""
+        await self.start(retry_count=3)
+        internal_id = await self.submit()
+        await self.stop_fake("HUB02")
+        await self.advance(20)
+        self.assertEqual(self.events("RESUBMIT"), [])  # two failures: not yet
+        await self.advance(10)
+        resubmits = self.events("RESUBMIT")
+        self.assertEqual(len(resubmits), 1)
+        self.assertEqual(resubmits[0].custom_data["reason"], "heartbeat retry count reached")
+        self.assertEqual(await self.primaries(), {"HUB03": 1})
+        self.assertEqual(len(self.fakes["HUB03"].stored), 1)
+        self.assertEqual(self.fakes["HUB03"].stored[0].message.message_id,
+                         (await self.store.get_message(internal_id)).message_id)
+
+    async def test_new_primary_database_id_resubmits_at_once(self):
+        """The primary answers XSHADOW with another database id: it lost its queue
+        database, so the holder resubmits the whole shadow queue for it at once."""
+        await self.start(retry_count=1000)
+        await self.submit()
+        await self.submit()
+        self.fakes["HUB02"].database_guid = uuid.uuid4()
+        self.fakes["HUB02"].stored.clear()
+        await self.advance(10)
+        resubmits = self.events("RESUBMIT")
+        self.assertEqual(len(resubmits), 2)
+        self.assertEqual({e.custom_data["reason"] for e in resubmits},
+                         {"primary database id changed"})
+        # Rerouted: back to HUB02 (it is alive, with its new database) as new shadows.
+        self.assertEqual(len(self.fakes["HUB02"].stored), 2)
+        self.assertEqual(await self.primaries(), {"HUB02": 2})
+
+    async def test_shadow_older_than_auto_discard_interval_is_dropped(self):
+        await self.start()
+        internal_id = await self.submit()
+        interval = self.organization.transport.shadow_message_auto_discard_interval
+        await self.advance(interval - 20, step=interval / 4)
+        self.assertEqual(await self.primaries(), {"HUB02": 1})
+        await self.advance(40, step=10)
+        self.assertEqual(await self.primaries(), {})
+        self.assertIsNone(await self.store.get_message(internal_id))
+
+    async def test_unreachable_next_hop_goes_to_retry_then_expires_with_ndr(self):
+        """Queue at the point of failure: Retry with Exchange's intervals; at
+        MessageExpirationTimeout the recipient fails and the sender gets an NDR."""
+        await self.start(fakes=())
+        internal_id = await self.submit(sender="postmaster@contoso.test")
+        queue = self.engine.queues["Internet via EDGE01"]
+        self.assertEqual(queue.status, "Retry")
+        self.assertGreater(len(self.events("DEFER")), 0)
+        message = await self.store.get_message(internal_id)
+        self.assertEqual(message.recipients[0].status, "retry")
+        expiry = self.organization.transport.message_expiration_timeout
+        await self.advance(expiry + 60, step=5)
+        self.assertIsNone(await self.store.get_message(internal_id))
+        fails = [e for e in self.events("FAIL") if e.internal_message_id == str(internal_id)]
+        self.assertIn("4.4.7 QUEUE.Expired", fails[0].recipient_status[0])
+        self.assertIn("failed", [e.custom_data["kind"] for e in self.events("DSN")])
+
+    async def test_delay_dsn_goes_out_once(self):
+        await self.start(fakes=())
+        await self.submit()
+        delay = self.organization.transport.delay_notification_timeout
+        await self.advance(delay + 30, step=5)
+        await self.advance(60, step=5)
+        kinds = [e.custom_data["kind"] for e in self.events("DSN")]
+        self.assertEqual(kinds.count("delayed"), 1)
+
+    async def test_permanent_refusal_fails_the_recipient_with_an_ndr(self):
+        await self.start()
+        self.fakes["HUB02"].refuse_recipients.add("erin@fabrikam.test")
+        internal_id = await self.submit()
+        self.assertIsNone(await self.store.get_message(internal_id))
+        fails = [e for e in self.events("FAIL") if e.internal_message_id == str(internal_id)]
+        self.assertEqual(fails[0].recipient_status, ("550 5.7.1 Unable to relay",))
+        # One NDR to alice; (it fails in turn, alice being unknown here, but a DSN
+        # never gets a DSN: the null sender stops the loop).
+        self.assertEqual([e.custom_data["kind"] for e in self.events("DSN")], ["failed"])
+
+    async def test_unknown_recipient_of_authoritative_domain_gets_ndr(self):
+        await self.start()
+        await self.submit(to="nobody@contoso.test")
+        fail = self.events("FAIL")
+        self.assertIn("5.1.1 RESOLVER.ADR.RecipNotFound", fail[0].recipient_status[0])
+
+    async def test_restart_resumes_pending_work(self):
+        """Everything pending lives in the queue database: a new engine on the same
+        database carries on (the message queued while the next hop was down is sent)."""
+        await self.start(fakes=())
+        internal_id = await self.submit()
+        await self.engine.stopService()
+        self.engine = TransportEngine(
+            self.organization, self.server, self.db,
+            TransportTracking(self.server, self.log), reactor, clock=self.clock)
+        await self.start_fake("HUB02")
+        self.engine.startService()
+        await self.engine.ready
+        await self.settle()
+        self.assertEqual(len(self.fakes["HUB02"].stored), 1)
+        self.assertEqual((await self.store.get_message(internal_id)).state, "shadow")
+
+
+class PoisonTests(TestCase):
+    def test_message_in_submission_during_two_crashes_goes_to_poison(self):
+        """Exchange's poison message detection, on the job that runs at start-up."""
+        import sqlalchemy as sa
+
+        from exchange_emu.storage.queue import accept_message
+
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        db = QueueDatabase(f"sqlite:///{directory / 'q.db'}", reactor=reactor)
+        db.open()
+        self.addCleanup(db.stopService)
+        with db.engine.begin() as conn:
+            accept_message(conn, NewMessage(sender="a@contoso.test", recipients=("b@x.test",),
+                                            body=b"x", received_at=NOW, message_id="<p@x>"))
+            first = jobs.start_up(conn)  # a clean previous run: nothing counted
+            self.assertFalse(first.crashed)
+            second = jobs.start_up(conn)  # "running" still set: the first run crashed
+            self.assertTrue(second.crashed)
+            self.assertEqual(second.poisoned, ())
+            third = jobs.start_up(conn)
+            self.assertEqual([p.message_id for p in third.poisoned], ["<p@x>"])
+            state = conn.execute(sa.text("SELECT state FROM messages")).scalar_one()
+            self.assertEqual(state, "poison")
+
