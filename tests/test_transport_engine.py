@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from org_files import chain_org
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -23,7 +24,7 @@ from exchange_emu.storage.queue import get_primary, shadow_primaries
 from exchange_emu.transport import jobs
 from exchange_emu.transport.engine import TransportEngine
 from exchange_emu.transport.tracking import TransportTracking
-from org_files import chain_org
+
 from smtp_fakes import FakePolicy
 
 NOW = 1795870800.0
