@@ -755,7 +755,7 @@ def test_format_table_shows_the_cmdlets_columns_and_the_step() -> None:
         "Sender",
         "Recipients",
         "MessageSubject",
-        "Step",
+        "Steps",
     ]
     assert set(rule.replace(" ", "")) == {"-"}
     assert len(rows) == 4

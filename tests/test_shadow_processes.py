@@ -84,7 +84,11 @@ def test_hub_to_hub_to_edge_follows_d1_to_d7(lab_factory):
     # The next hop's shadow is discarded only after the message left it for good.
     assert at(edge01, "E.4") <= at(edge01, "D.6")
     send = next(e for e in hub01 if e.message_id == mid and e.event_id == "SEND")
-    assert send.server_hostname == "hub02.contoso.test"
+    assert send.server_hostname == "hub01.contoso.test"
+    assert send.custom_data["destination"] == "hub02.contoso.test"
+    # The holder's rows are stamped when things happened: the 250 before the shadow
+    # copy, the discard query before the primary answered it.
+    assert at(hub01, "D.4.1") <= at(hub01, "D.4.3") <= at(hub01, "D.5")
     assert len(sink.messages) == 1
 
 

@@ -156,7 +156,7 @@ _TABLE: tuple[tuple[str, int], ...] = (
     ("Sender", 32),
     ("Recipients", 40),
     ("MessageSubject", 40),
-    ("Step", 12),
+    ("Steps", 24),
 )
 
 
@@ -179,7 +179,7 @@ def format_table(events: Iterable[TrackingEvent]) -> str:
             event.sender_address,
             ", ".join(event.recipient_address),
             event.message_subject,
-            event.step,
+            ",".join(event.steps),
         ]
         for event in events
     ]

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -89,6 +88,8 @@ class MessageOutcome:
     """Sent with ``XSHADOW=`` on a session the peer agreed to shadow."""
     elapsed: float = 0.0
     """Seconds from ``MAIL`` to the last reply of this message (on the session's clock)."""
+    finished_at: float = 0.0
+    """When the last reply of this message arrived (the session's clock)."""
 
     @property
     def completed(self) -> bool:
@@ -135,6 +136,8 @@ class SessionOutcome:
     messages: list[MessageOutcome] = field(default_factory=list)
     discards: list[str] = field(default_factory=list)
     discard_query: str = "not-asked"  # "ok" | "failed" | "not-asked"
+    discards_queried_at: float | None = None
+    """When the first ``XQDISCARD`` went out (the session's clock)."""
     error: str | None = None
 
     @property
@@ -281,7 +284,8 @@ class _Conversation:
             for message in self.request.messages:
                 started = self.clock.seconds()
                 result = await self.send_message(message)
-                result.elapsed = self.clock.seconds() - started
+                result.finished_at = self.clock.seconds()
+                result.elapsed = result.finished_at - started
                 out.messages.append(result)
             wants_discards = out.shadowed and self.request.query_discards
             if wants_discards and not await self.query_discards():
@@ -427,6 +431,7 @@ class _Conversation:
         """``XQDISCARD <max>``, asked again while the reply was full (D.5–D.6)."""
         out = self.outcome
         maximum = self.request.discard_max
+        out.discards_queried_at = self.clock.seconds()
         while True:
             reply = await self.command(f"XQDISCARD {maximum}")
             if reply.code == 251:
@@ -474,5 +479,18 @@ def send_session(
     def not_connected(failure: Failure) -> SessionOutcome:
         return SessionOutcome(error=f"cannot connect: {failure.getErrorMessage()}")
 
-    d = connectProtocol(endpoint, proto)
+    factory = _OneSession(proto)
+    d = endpoint.connect(factory)
     return d.addCallbacks(connected, not_connected)
+
+
+class _OneSession(Factory):
+    """Connects one given protocol, quietly (no "Starting factory" log lines)."""
+
+    noisy = False
+
+    def __init__(self, proto: ESMTPClientProtocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> ESMTPClientProtocol:
+        return self.proto

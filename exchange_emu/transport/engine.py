@@ -402,7 +402,6 @@ class DeliveryQueue:
             shadow_context=engine.shadow_context if shadow else None,
             discard_max=engine.settings.xqdiscard_max_events,
         )
-        queried_at = engine.clock.seconds()
         outcome, target = await engine.shadow.session(self.hop, request)
         if target is None:
             await self._queue_failed(items, f"451 4.4.0 {outcome.error or 'connection failed'}")
@@ -414,7 +413,8 @@ class DeliveryQueue:
         await engine.shadow.contact(target, outcome, heartbeat=False)
         await self._record(items, outbound, outcome, target, primary)
         if primary is not None and outcome.discards:
-            await engine.shadow.apply_discards(primary, outcome.discards, queried_at)
+            await engine.shadow.apply_discards(
+                primary, outcome.discards, outcome.discards_queried_at or engine.clock.seconds())
 
     async def _record(self, items: list[jobs.DeliveryItem], outbound: list[OutboundMessage],
                       outcome: SessionOutcome, target: Target, primary: str | None) -> None:
@@ -445,6 +445,10 @@ class DeliveryQueue:
             jobs.record_session, results, delivered_to=target.server or str(target.address),
             primary=primary, now=now, retry_at=retry_at, signer=engine.signer)
         settled = {s.envelope.internal_id: s for s in report.settled}
+        finished = {}
+        for index, item in enumerate(items):
+            if index < len(outcome.messages):
+                finished[item.envelope.internal_id] = outcome.messages[index].finished_at
         for item, result in zip(items, results, strict=True):
             internal_id = item.envelope.internal_id
             if result.delivered:
@@ -455,7 +459,7 @@ class DeliveryQueue:
                     [reply for _, reply in result.delivered], next_hop=self.name,
                     target_fqdn=target.fqdn or str(target.address),
                     shadowed=result.shadow_message_id is not None,
-                    deleted=bool(s and s.deleted))
+                    deleted=bool(s and s.deleted), when=finished.get(internal_id))
             if result.deferred:
                 engine.tracking.deferred(
                     item.envelope, [r.address for r in item.recipients if any(
@@ -465,7 +469,8 @@ class DeliveryQueue:
             else:
                 self.items.pop(internal_id, None)
         for envelope, shadow_id in report.shadows_added:
-            engine.tracking.shadow_created(envelope, primary or "", shadow_id)
+            engine.tracking.shadow_created(envelope, primary or "", shadow_id,
+                                           when=finished.get(envelope.internal_id))
         engine.report(report)
 
     async def _queue_failed(self, items: list[jobs.DeliveryItem], reply: str) -> None:
@@ -564,11 +569,11 @@ class ShadowRedundancy:
         hop = NextHop(server.fqdn, "smtp", (target,), "Heartbeat")
         request = SessionRequest(helo=engine.server.fqdn, shadow_context=engine.shadow_context,
                                  discard_max=engine.settings.xqdiscard_max_events)
-        queried_at = engine.clock.seconds()
         outcome, reached = await self.session(hop, request)
         await self.contact(target, outcome, heartbeat=True)
         if reached is not None and outcome.shadowed and outcome.discards:
-            await self.apply_discards(primary, outcome.discards, queried_at)
+            await self.apply_discards(
+                primary, outcome.discards, outcome.discards_queried_at or engine.clock.seconds())
 
     async def contact(self, target: Target, outcome: SessionOutcome, heartbeat: bool) -> None:
         """Book a session to a (possible) primary: heartbeat success or failure, and

@@ -5,6 +5,7 @@ hop by hop through the six scenarios of the shadow redundancy document."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from exchange_emu.directory import Server
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_steps
@@ -31,6 +32,7 @@ class TransportTracking:
         server_hostname: str = "",
         connector: str = "",
         reference: str = "",
+        when: float | None = None,
         **extra: str,
     ) -> None:
         custom = scenario_steps(*steps, **extra) if steps else dict(extra)
@@ -38,6 +40,7 @@ class TransportTracking:
             TrackingEvent(
                 event_id=event_id,
                 source=source,
+                date_time=datetime.fromtimestamp(when, UTC) if when is not None else None,
                 server_hostname=server_hostname or self.server.fqdn,
                 connector_id=connector,
                 internal_message_id=str(envelope.internal_id),
@@ -55,20 +58,24 @@ class TransportTracking:
         )
 
     def send(self, envelope: Envelope, recipients: Sequence[str], replies: Sequence[str], *,
-             next_hop: str, target_fqdn: str, shadowed: bool, deleted: bool) -> None:
+             next_hop: str, target_fqdn: str, shadowed: bool, deleted: bool,
+             when: float | None = None) -> None:
         """SEND to the next hop: D.1–D.4.1 on a shadowed session, else E.1–E.4 (E.5
-        too when the message is deleted at once)."""
+        too when the message is deleted at once). Unlike Exchange, server-hostname
+        stays this server (so an organization-wide log shows who sent); the
+        destination is in custom-data."""
         if shadowed:
             steps: tuple[str, ...] = ("D.1", "D.2", "D.3", "D.4.1")
         else:
             steps = ("E.1", "E.2", "E.3", "E.4") + (("E.5",) if deleted else ())
         self._row("SEND", "SMTP", envelope, steps, recipients=recipients, statuses=replies,
-                  server_hostname=target_fqdn, connector=next_hop)
+                  connector=next_hop, when=when, destination=target_fqdn)
 
-    def shadow_created(self, envelope: Envelope, primary: str, shadow_id: str) -> None:
+    def shadow_created(self, envelope: Envelope, primary: str, shadow_id: str,
+                       when: float | None = None) -> None:
         """D.4.3: the next hop is the primary; the message goes to its shadow queue."""
         self._row("HAREDIRECT", "SMTP", envelope, ("D.4.3",), primary=primary,
-                  shadow_message_id=shadow_id)
+                  shadow_message_id=shadow_id, when=when)
 
     def shadow_refused(self, envelope: Envelope, next_hop: str, why: str) -> None:
         self._row("HAREDIRECTFAIL", "SMTP", envelope, (), next_hop=next_hop, reason=why)
@@ -88,8 +95,6 @@ class TransportTracking:
 
     def discard_queried(self, envelope: Envelope, primary: str, queried_at: float) -> None:
         """D.5: the query whose reply carried this message's discard notification."""
-        from datetime import UTC, datetime
-
         self.log.record(TrackingEvent(
             event_id="HADISCARD", source="SMTP", server_hostname=self.server.fqdn,
             date_time=datetime.fromtimestamp(queried_at, UTC),
