@@ -158,6 +158,9 @@ class ESMTPClientProtocol(Protocol):
         self.protocol_log = session_log or NullSessionLog()
 
     def connectionMade(self) -> None:
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:  # commands must not wait for a delayed ACK
+            set_no_delay(True)
         self.protocol_log.connected()
 
     def dataReceived(self, data: bytes) -> None:
