@@ -342,7 +342,11 @@ class DeliveryQueue:
             self.kick(self.next_attempt - now)
             return
         ready = sorted(i for i, t in self.items.items() if t <= now and i not in self.in_flight)
-        while ready and self.sessions < MAX_SESSIONS_PER_QUEUE:
+        # A new session for a full batch, or when none is open; otherwise what
+        # arrives meanwhile waits for the open session to end and goes together.
+        while ready and self.sessions < MAX_SESSIONS_PER_QUEUE and (
+            self.sessions == 0 or len(ready) >= MESSAGES_PER_SESSION
+        ):
             batch, ready = ready[:MESSAGES_PER_SESSION], ready[MESSAGES_PER_SESSION:]
             self.in_flight.update(batch)
             self.sessions += 1
