@@ -123,14 +123,13 @@ class ShadowChain(RuleBasedStateMachine):
         results = []
         for item in items:
             shadow_id = str(uuid.uuid4())
-            new_id = self.hub02.run(accept_message, NewMessage(
+            self.hub02.run(accept_message, NewMessage(
                 sender=item.envelope.sender, recipients=tuple(r.address for r in item.recipients),
                 body=item.body, received_at=NOW, message_id=item.envelope.message_id,
                 shadow_context=CONTEXT, shadow_message_id=shadow_id))
-            del new_id
-            results.append(jobs.MessageResult(
-                item.envelope.internal_id, delivered=tuple((r.id, "250 OK") for r in item.recipients),
-                shadow_message_id=shadow_id))
+            delivered = tuple((r.id, "250 OK") for r in item.recipients)
+            results.append(jobs.MessageResult(item.envelope.internal_id, delivered=delivered,
+                                              shadow_message_id=shadow_id))
         self.hub02.categorize()
         if lose_reply:
             self.hub01.restart()
