@@ -33,10 +33,6 @@ from exchange_emu.storage import NewMessage, QueueStore
 from exchange_emu.storage import Recipient as StoredRecipient
 from exchange_emu.transport.jobs import hand_out_discards
 
-MAX_HOP_COUNT = 60
-"""Exchange's default hop count limit (``MaxHopCount``)."""
-
-
 @implementer(IReceivePolicy)
 class TransportReceivePolicy:
     """Decisions of one receive connector of a hub or edge transport server."""
@@ -82,7 +78,7 @@ class TransportReceivePolicy:
         return None
 
     def accept(self, message: ReceivedMessage) -> Deferred[Acceptance | Reply]:
-        if message.hop_count >= MAX_HOP_COUNT:
+        if message.hop_count >= self.connector.max_hop_count:
             d: Deferred[Acceptance | Reply] = Deferred()
             d.callback(replies.HOP_COUNT_EXCEEDED)
             return d
