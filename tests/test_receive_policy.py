@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from org_files import chain_org
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -17,7 +18,6 @@ from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import QueueDatabase, QueueStore
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
 from exchange_emu.transport.server import receive_settings
-from org_files import chain_org
 
 
 class ReceivePolicyTests(TestCase):

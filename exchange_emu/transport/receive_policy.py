@@ -33,6 +33,7 @@ from exchange_emu.storage import NewMessage, QueueStore
 from exchange_emu.storage import Recipient as StoredRecipient
 from exchange_emu.transport.jobs import hand_out_discards
 
+
 @implementer(IReceivePolicy)
 class TransportReceivePolicy:
     """Decisions of one receive connector of a hub or edge transport server."""
