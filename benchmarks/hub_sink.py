@@ -25,6 +25,8 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from exchange_emu.lab.org_builder import OrgSpec, ServerSpec
+from exchange_emu.lab.org_builder import write_org as write_org_file
 from exchange_emu.lab.processes import ServerProcess, free_ports
 from exchange_emu.smtp.client import OutboundMessage, SessionRequest, send_session
 
@@ -32,28 +34,8 @@ MESSAGES_PER_SESSION = 20  # Exchange's MaxMessagesPerConnection
 
 
 def write_org(directory: Path, port: int, database_url: str | None) -> Path:
-    db = f'database_url = "{database_url}"' if database_url else ""
-    path = directory / "bench.toml"
-    path.write_text(f"""
-[organization]
-name = "Contoso"
-[lab]
-data_root = "{directory / 'var'}"
-org_server_networks = ["127.0.0.0/8"]
-[[sites]]
-name = "Site-A"
-[[accepted_domains]]
-domain = "contoso.test"
-type = "Authoritative"
-[[servers]]
-name = "HUB01"
-fqdn = "hub01.contoso.test"
-roles = ["hub"]
-site = "Site-A"
-smtp = "127.0.0.1:{port}"
-{db}
-""")
-    return path
+    spec = OrgSpec([ServerSpec("HUB01", "hub", port, database_url=database_url)])
+    return write_org_file(directory / "bench.toml", spec)
 
 
 def make_body(size: int, n: int) -> bytes:

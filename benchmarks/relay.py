@@ -31,6 +31,8 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from zope.interface import implementer
 
+from exchange_emu.lab.org_builder import OrgSpec, SendConnectorSpec, ServerSpec
+from exchange_emu.lab.org_builder import write_org as write_org_file
 from exchange_emu.lab.processes import ServerProcess, free_ports
 from exchange_emu.smtp.client import OutboundMessage, SessionRequest, send_session
 from exchange_emu.smtp.interfaces import (
@@ -46,44 +48,17 @@ MESSAGES_PER_SESSION = 20
 
 
 def write_org(directory: Path, ports: dict[str, int], shadow: bool) -> Path:
-    path = directory / "relay.toml"
-    path.write_text(f"""
-[organization]
-name = "Contoso"
-[lab]
-data_root = "{directory / 'var'}"
-org_server_networks = ["127.0.0.0/8"]
-[[sites]]
-name = "Site-A"
-[[accepted_domains]]
-domain = "contoso.test"
-type = "Authoritative"
-[[servers]]
-name = "HUB01"
-fqdn = "hub01.contoso.test"
-roles = ["hub"]
-site = "Site-A"
-smtp = "127.0.0.1:{ports['HUB01']}"
-[[servers]]
-name = "EDGE01"
-fqdn = "edge01.contoso.test"
-roles = ["edge"]
-smtp = "127.0.0.1:{ports['EDGE01']}"
-[[send_connectors]]
-name = "EDGE01 to HUB01"
-address_spaces = ["*"]
-source_servers = ["EDGE01"]
-smart_hosts = ["HUB01"]
-[[send_connectors]]
-name = "HUB01 to the sink"
-address_spaces = ["*"]
-source_servers = ["HUB01"]
-smart_hosts = ["127.0.0.1:{ports['SINK']}"]
-[transport]
-ShadowRedundancyEnabled = {'true' if shadow else 'false'}
-ShadowHeartbeatTimeoutInterval = "00:00:05"
-""")
-    return path
+    spec = OrgSpec(
+        [ServerSpec("HUB01", "hub", ports["HUB01"]),
+         ServerSpec("EDGE01", "edge", ports["EDGE01"], site=None)],
+        send_connectors=[
+            SendConnectorSpec("EDGE01 to HUB01", ("EDGE01",), ("HUB01",)),
+            SendConnectorSpec("HUB01 to the sink", ("HUB01",), (f"127.0.0.1:{ports['SINK']}",)),
+        ],
+        transport={"ShadowRedundancyEnabled": shadow,
+                   "ShadowHeartbeatTimeoutInterval": "00:00:05"},
+    )
+    return write_org_file(directory / "relay.toml", spec)
 
 
 @implementer(IReceivePolicy)

@@ -23,6 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from twisted.internet import reactor
 
+from exchange_emu.lab.org_builder import OrgSpec, ServerSpec, write_org
 from exchange_emu.lab.processes import ServerProcess, free_ports
 from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.storage import QueueDatabase
@@ -105,32 +106,10 @@ def holder_memory(directory: Path, count: int, body_size: int) -> int | None:
     data = directory / f"mem-{count}"
     config = data / "org.toml"
     data.mkdir()
-    config.write_text(f"""
-[organization]
-name = "Contoso"
-[lab]
-data_root = "{data}"
-[[sites]]
-name = "Site-A"
-[[accepted_domains]]
-domain = "contoso.test"
-type = "Authoritative"
-[[servers]]
-name = "HUB01"
-fqdn = "hub01.contoso.test"
-roles = ["hub"]
-site = "Site-A"
-smtp = "127.0.0.1:{ports[0]}"
-[[servers]]
-name = "HUB02"
-fqdn = "hub02.contoso.test"
-roles = ["hub"]
-site = "Site-A"
-smtp = "127.0.0.1:{ports[1]}"
-[transport]
-ShadowHeartbeatTimeoutInterval = "00:00:01"
-ShadowHeartbeatRetryCount = 1000000
-""")
+    write_org(config, OrgSpec(
+        [ServerSpec("HUB01", "hub", ports[0]), ServerSpec("HUB02", "hub", ports[1])],
+        transport={"ShadowHeartbeatTimeoutInterval": "00:00:01",
+                   "ShadowHeartbeatRetryCount": 1000000}), data)
     if count:
         fill_holder(f"sqlite:///{data}/HUB01/queue.db", count, body_size)
     hub = ServerProcess("hub", config, "HUB01", data).start()

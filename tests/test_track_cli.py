@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 
 from exchange_emu.admin import TrackingQuery, TrackingQueryError, merge_by_time
 from exchange_emu.cli import main
+from exchange_emu.lab.org_builder import OrgSpec, ServerSpec, write_org
 from exchange_emu.logs import MessageTrackingLog, TrackingEvent, format_table, scenario_step
 
 NOON = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
@@ -20,39 +21,8 @@ MSG_B = "<9e2f@contoso.test>"
 
 def two_hub_org(directory: Path) -> Path:
     """An organization with two hubs (HUB01, HUB02) whose data lives under ``directory``."""
-    text = f"""
-[organization]
-name = "Contoso"
-
-[lab]
-data_root = "{directory / "var"}"
-org_server_networks = ["127.0.0.0/8"]
-
-[[sites]]
-name = "Site-A"
-
-[[accepted_domains]]
-domain = "contoso.test"
-type = "Authoritative"
-default = true
-
-[[servers]]
-name = "HUB01"
-fqdn = "hub01.contoso.test"
-roles = ["hub"]
-site = "Site-A"
-smtp = "127.0.0.1:32525"
-
-[[servers]]
-name = "HUB02"
-fqdn = "hub02.contoso.test"
-roles = ["hub"]
-site = "Site-A"
-smtp = "127.0.0.1:32526"
-"""
-    path = directory / "org.toml"
-    path.write_text(text)
-    return path
+    spec = OrgSpec([ServerSpec("HUB01", "hub", 32525), ServerSpec("HUB02", "hub", 32526)])
+    return write_org(directory / "org.toml", spec, directory / "var")
 
 
 def tracking_dir(directory: Path, server: str) -> Path:
