@@ -23,11 +23,13 @@ setup(
         "cryptography>=42",
     ],
     extras_require={
-        "postgresql": ["psycopg2-binary>=2.9"],
+        # SQLAlchemy 2.1 takes postgresql:// to mean psycopg 3; +psycopg2 URLs work too.
+        "postgresql": ["psycopg[binary]>=3.1", "psycopg2-binary>=2.9"],
         "test": [
             "pytest>=8",
             "hypothesis>=6",
             "aiosmtpd>=1.4",
+            "psycopg[binary]>=3.1",
             "psycopg2-binary>=2.9",
             "mypy>=1.10",
             "mypy-zope>=1.0",

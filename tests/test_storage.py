@@ -692,3 +692,18 @@ def test_sqlite_path_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as info:
         QueueDatabase(url, reactor=reactor).open()
     assert str(info.value) == f"cannot open queue database {url}: unable to open database file"
+
+
+@pytest.mark.postgresql
+def test_plain_postgresql_url_works(postgresql_queue_db: QueueDbUrl) -> None:
+    """``postgresql://`` — what a user writes — opens with the driver SQLAlchemy picks for it
+    (psycopg 3 in SQLAlchemy 2.1), not only the test suite's ``postgresql+psycopg2://``."""
+    url = postgresql_queue_db.url.replace("postgresql+psycopg2://", "postgresql://")
+    db = QueueDatabase(url, reactor=reactor)
+    db.open()
+    try:
+        with db.engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one() == 0
+        assert db.schema_version == CURRENT
+    finally:
+        db.engine.dispose()
