@@ -6,8 +6,15 @@ import argparse
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from exchange_emu.directory import OrganizationFileError, UnknownServerError, load_organization
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from exchange_emu.mailbox.report import MailboxLocation
 
 
 def _load(path: str, port_offset: int = 0):  # type: ignore[no-untyped-def]
@@ -103,6 +110,123 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mailbox_location(args: argparse.Namespace) -> tuple[MailboxLocation, Engine]:
+    """The mailbox of ``args.address`` and an engine on its mailbox server's store."""
+    from exchange_emu.mailbox.report import locate_mailbox, open_store
+
+    organization = _load(args.config, args.port_offset)
+    location = locate_mailbox(organization, args.address)
+    return location, open_store(location)
+
+
+def cmd_mailbox_list(args: argparse.Namespace) -> int:
+    """``Get-MailboxFolderStatistics``-like: folder counts and the items of one mailbox."""
+    from exchange_emu.mailbox.report import (
+        MailboxReportError,
+        format_listing,
+        parse_folder,
+        read_listing,
+    )
+
+    try:
+        folder = parse_folder(args.folder) if args.folder is not None else None
+        location, engine = _mailbox_location(args)
+        try:
+            counts, listed = read_listing(engine, location, folder)
+        finally:
+            engine.dispose()
+    except MailboxReportError as e:
+        return _error(str(e))
+    print(format_listing(location, counts, listed), end="")
+    return 0
+
+
+def cmd_mailbox_show(args: argparse.Namespace) -> int:
+    """Open one mailbox item: its folder and headers (the whole message with ``--body``)."""
+    from exchange_emu.mailbox.report import MailboxReportError, format_item, read_item
+
+    try:
+        location, engine = _mailbox_location(args)
+        try:
+            item = read_item(engine, location, args.item_id)
+        finally:
+            engine.dispose()
+    except MailboxReportError as e:
+        return _error(str(e))
+    print(format_item(item, body=args.body), end="")
+    return 0
+
+
+def _run_twisted(coroutine_function: Any) -> Any:
+    """Run ``coroutine_function(reactor)`` on the reactor and return its result."""
+    from twisted.internet import defer, task
+
+    result: list[Any] = []
+
+    async def main(reactor: Any) -> None:
+        result.append(await coroutine_function(reactor))
+
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)), [])
+    except SystemExit as e:
+        if e.code:
+            raise
+    return result[0] if result else None
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Scenario A: a client writes a message into the sender's Outbox (MAPI stand-in)."""
+    from exchange_emu.mailbox.client import SubmitError, compose, submit
+
+    organization = _load(args.config, args.port_offset)
+    if args.file:
+        try:
+            mime = Path(args.file).read_bytes()
+        except OSError as e:
+            return _error(f"cannot read {args.file}: {e.strerror}")
+    else:
+        mime = compose(args.sender, args.to, args.subject, args.body)
+    outcome: list[Any] = []
+
+    async def send(reactor: Any) -> None:
+        try:
+            outcome.append(await submit(reactor, organization, args.sender, args.to, mime))
+        except SubmitError as e:
+            outcome.append(e)
+
+    _run_twisted(send)
+    if not outcome or isinstance(outcome[0], SubmitError):
+        return _error(str(outcome[0]) if outcome else "submission did not complete")
+    done = outcome[0]
+    print(f"In the Outbox of {args.sender} on {done.mailbox_server}\\{done.database}: "
+          f"item {done.item_id}, {done.message_id}")
+    return 0
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    """Fail a mailbox database over to its copy; lossy: ask the hubs to redeliver."""
+    from exchange_emu.mailbox.client import SubmitError, failover
+
+    organization = _load(args.config, args.port_offset)
+    outcome: list[Any] = []
+
+    async def run(reactor: Any) -> None:
+        try:
+            outcome.append(await failover(reactor, organization, args.database,
+                                          lossy=args.lossy, lost_seconds=args.lost_seconds))
+        except SubmitError as e:
+            outcome.append(e)
+
+    _run_twisted(run)
+    if not outcome or isinstance(outcome[0], SubmitError):
+        return _error(str(outcome[0]) if outcome else "failover did not complete")
+    answer = outcome[0]
+    kind = "lossy" if args.lossy else "lossless"
+    print(f"{kind} failover of {args.database}: {answer['lost']} items lost; "
+          f"{answer['hubs']} hubs asked to redeliver from their transport dumpsters")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exchange-emu",
@@ -149,6 +273,58 @@ def build_parser() -> argparse.ArgumentParser:
                        help="at most N events, default 1000 (-ResultSize)")
     track.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     track.set_defaults(func=cmd_track)
+
+    mailbox = commands.add_parser(
+        "mailbox",
+        help="look into a mailbox on a mailbox server's store",
+        description="Read a mailbox of an Exchange 2010 mailbox database directly from its "
+        "mailbox server's store (the server may be running).",
+    )
+    mailbox_commands = mailbox.add_subparsers(dest="mailbox_command", metavar="COMMAND",
+                                              required=True)
+    listing = mailbox_commands.add_parser(
+        "list", help="folder counts and items of a mailbox",
+        description="Folder counts and one line per item: Id, Folder, Time (received for "
+        "delivered items, else the client submit time, UTC), Sender, Subject, Size.")
+    with_config(listing)
+    listing.add_argument("address", metavar="ADDRESS", help="the mailbox's SMTP address")
+    listing.add_argument("--folder", metavar="F",
+                         help="only this folder: Inbox, Outbox, 'Sent Items', Drafts, "
+                         "'Deleted Items'")
+    listing.set_defaults(func=cmd_mailbox_list)
+    show = mailbox_commands.add_parser(
+        "show", help="one item of a mailbox: folder and headers",
+        description="Print an item's folder, store properties and header block.")
+    with_config(show)
+    show.add_argument("address", metavar="ADDRESS", help="the mailbox's SMTP address")
+    show.add_argument("item_id", metavar="ITEM_ID", type=int, help="the item id (from list)")
+    show.add_argument("--body", action="store_true", help="print the whole message")
+    show.set_defaults(func=cmd_mailbox_show)
+
+    send = commands.add_parser(
+        "send", help="submit a message into the sender's Outbox (scenario A)",
+        description="A mail client's submission, as MAPI or ActiveSync does it: the message "
+        "goes into the sender's Outbox on their mailbox server; the Mail Submission service "
+        "then hands it to a hub of the site (scenario B).")
+    with_config(send)
+    send.add_argument("--from", dest="sender", required=True, metavar="ADDR")
+    send.add_argument("--to", required=True, nargs="+", action="extend", metavar="ADDR")
+    send.add_argument("--subject", default="Test message")
+    send.add_argument("--body", default="This is a test message from exchange-emu.")
+    send.add_argument("--file", metavar="MESSAGE.EML", help="send this RFC 5322 file instead")
+    send.set_defaults(func=cmd_send)
+
+    fail_over = commands.add_parser(
+        "failover", help="fail a mailbox database over (lossy: dumpster redelivery)",
+        description="Move a mailbox database to its passive copy. With --lossy the copy "
+        "lacked the last --lost-seconds of the log: those items are lost, and every hub of "
+        "the site redelivers from its transport dumpster; duplicate detection drops what "
+        "survived.")
+    with_config(fail_over)
+    fail_over.add_argument("database", metavar="DATABASE")
+    fail_over.add_argument("--lossy", action="store_true")
+    fail_over.add_argument("--lost-seconds", type=float, default=60.0)
+    fail_over.set_defaults(func=cmd_failover)
     return parser
 
 

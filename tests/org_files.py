@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exchange_emu.lab.org_builder import OrgSpec, SendConnectorSpec, ServerSpec, write_org
+from exchange_emu.lab.org_builder import (
+    MailboxDatabaseSpec,
+    OrgSpec,
+    RecipientSpec,
+    SendConnectorSpec,
+    ServerSpec,
+    write_org,
+)
 from exchange_emu.lab.processes import free_ports
 
 FAST_RETRY = {
@@ -50,3 +57,26 @@ def chain_org(directory: Path, *, heartbeat: str = "00:00:01", retry_count: int 
                    "ShadowHeartbeatRetryCount": retry_count, **FAST_RETRY, **(transport or {})},
     )
     return write_org(directory / "chain.toml", spec), ports
+
+
+def two_site_org(directory: Path, *, heartbeat: str = "00:00:01",
+                 retry_count: int = 2) -> tuple[Path, dict[str, int]]:
+    """The lab's two sites: Site-A has MBX01 (DB01: alice, bob), HUB01 and HUB02;
+    Site-B has MBX02 (DB02: carol) and HUB03."""
+    names = ["MBX01", "HUB01", "HUB02", "MBX02", "HUB03"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    site = {"MBX01": "Site-A", "HUB01": "Site-A", "HUB02": "Site-A", "MBX02": "Site-B",
+            "HUB03": "Site-B"}
+    spec = OrgSpec(
+        [ServerSpec(n, "mailbox" if n.startswith("MBX") else "hub", ports[n], site=site[n])
+         for n in names],
+        sites=("Site-A", "Site-B"),
+        mailbox_databases=[MailboxDatabaseSpec("DB01", "MBX01"),
+                           MailboxDatabaseSpec("DB02", "MBX02")],
+        recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01"),
+                    RecipientSpec("bob@contoso.test", "Bob", database="DB01"),
+                    RecipientSpec("carol@contoso.test", "Carol", database="DB02")],
+        transport={"ShadowHeartbeatTimeoutInterval": heartbeat,
+                   "ShadowHeartbeatRetryCount": retry_count, **FAST_RETRY},
+    )
+    return write_org(directory / "two-site.toml", spec), ports

@@ -12,8 +12,6 @@ from exchange_emu.directory import load_organization
 from exchange_emu.lab.processes import ServerProcess
 from exchange_emu.logs import TrackingEvent, read_tracking_logs
 
-ROLES = {"HUB01": "hub", "HUB02": "hub", "HUB03": "hub", "EDGE01": "edge"}
-
 
 class ProcessLab:
     def __init__(self, config: Path, cwd: Path) -> None:
@@ -22,9 +20,11 @@ class ProcessLab:
         self.organization = load_organization(config)
         self.processes: dict[str, ServerProcess] = {}
 
-    def start(self, *names: str) -> None:
+    def start(self, *names: str, env: dict[str, str] | None = None) -> None:
         for name in names:
-            self.processes[name] = ServerProcess(ROLES[name], self.config, name, self.cwd).start()
+            role = sorted(self.organization.server(name).roles)[0]
+            self.processes[name] = ServerProcess(role, self.config, name, self.cwd,
+                                                 env=env).start()
 
     def kill(self, name: str) -> None:
         self.processes.pop(name).kill()

@@ -4,6 +4,8 @@ before acknowledgement — the real policy and queue database behind the protoco
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
 from pathlib import Path
 
 from org_files import chain_org
@@ -22,8 +24,8 @@ from exchange_emu.transport.server import receive_settings
 
 class ReceivePolicyTests(TestCase):
     def setUp(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = Path(tempfile.mkdtemp(prefix="exchange-emu-test-"))
+        self.addCleanup(shutil.rmtree, directory, True)
         config, _ = chain_org(directory)
         self.organization = load_organization(config)
         self.server = self.organization.server("HUB01")

@@ -5,6 +5,8 @@ resubmission, auto-discard, retry, expiry, delay DSN and NDR."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,8 @@ class EngineTests(TestCase):
 
     async def start(self, *, retry_count: int = 3, heartbeat: str = "00:00:10",
                     fakes: tuple[str, ...] = ("HUB02", "HUB03")) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = Path(tempfile.mkdtemp(prefix="exchange-emu-test-"))
+        self.addCleanup(shutil.rmtree, directory, True)
         config, self.ports = chain_org(
             directory, heartbeat=heartbeat, retry_count=retry_count,
             internet_sources=("HUB02", "HUB03"),
@@ -300,8 +302,8 @@ class PoisonTests(TestCase):
 
         from exchange_emu.storage.queue import accept_message
 
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = Path(tempfile.mkdtemp(prefix="exchange-emu-test-"))
+        self.addCleanup(shutil.rmtree, directory, True)
         db = QueueDatabase(f"sqlite:///{directory / 'q.db'}", reactor=reactor)
         db.open()
         self.addCleanup(db.stopService)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One server of the organization file (``[[servers]]``)."""
+    """One server of the organization file (``[[servers]]``); ``port`` is its SMTP port, or
+    its store-driver port for a mailbox server."""
 
     name: str
     role: str  # hub | edge | mailbox | legacy
@@ -39,12 +40,33 @@ class SendConnectorSpec:
 
 
 @dataclass(frozen=True)
+class MailboxDatabaseSpec:
+    """A mailbox database (``[[mailbox_databases]]``) mounted on mailbox server ``server``."""
+
+    name: str
+    server: str
+
+
+@dataclass(frozen=True)
+class RecipientSpec:
+    """A recipient (``[[recipients]]``): give ``database`` (Exchange 2010 mailbox) or
+    ``server`` (a legacy or Internet server's mailbox)."""
+
+    address: str
+    display_name: str | None = None
+    database: str | None = None
+    server: str | None = None
+
+
+@dataclass(frozen=True)
 class OrgSpec:
     servers: Sequence[ServerSpec]
     send_connectors: Sequence[SendConnectorSpec] = ()
     transport: Mapping[str, str | int | bool] = field(default_factory=dict)
     org_server_networks: tuple[str, ...] = ("127.0.0.0/8",)
     sites: tuple[str, ...] = ("Site-A",)
+    mailbox_databases: Sequence[MailboxDatabaseSpec] = ()
+    recipients: Sequence[RecipientSpec] = ()
 
 
 def _value(value: str | int | bool) -> str:
@@ -70,8 +92,9 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
     lines.append('[[accepted_domains]]\ndomain = "contoso.test"\ntype = "Authoritative"\n'
                  "default = true\n")
     for server in spec.servers:
+        listener = "store_driver" if server.role == "mailbox" else "smtp"
         text = (f'[[servers]]\nname = "{server.name}"\nfqdn = "{server.fqdn}"\n'
-                f'roles = ["{server.role}"]\nsmtp = "127.0.0.1:{server.port}"\n')
+                f'roles = ["{server.role}"]\n{listener} = "127.0.0.1:{server.port}"\n')
         if server.site is not None and server.role != "edge":
             text += f'site = "{server.site}"\n'
         if server.version is not None:
@@ -80,6 +103,19 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             text += f"local_domains = {_strings(server.local_domains)}\n"
         if server.database_url is not None:
             text += f'database_url = "{server.database_url}"\n'
+        lines.append(text)
+    for database in spec.mailbox_databases:
+        lines.append(
+            f'[[mailbox_databases]]\nname = "{database.name}"\nserver = "{database.server}"\n'
+        )
+    for recipient in spec.recipients:
+        text = f'[[recipients]]\naddress = "{recipient.address}"\n'
+        if recipient.display_name is not None:
+            text += f'display_name = "{recipient.display_name}"\n'
+        if recipient.database is not None:
+            text += f'database = "{recipient.database}"\n'
+        if recipient.server is not None:
+            text += f'server = "{recipient.server}"\n'
         lines.append(text)
     for connector in spec.send_connectors:
         lines.append(

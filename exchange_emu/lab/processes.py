@@ -34,10 +34,12 @@ def free_ports(count: int) -> list[int]:
 class ServerProcess:
     """One ``twistd -n exchange-<role>`` process, with its output collected."""
 
-    def __init__(self, role: str, config: Path, server: str, cwd: Path) -> None:
+    def __init__(self, role: str, config: Path, server: str, cwd: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.argv = [TWISTD, "-n", "--pidfile=", f"exchange-{role}", "--config", str(config),
                      "--server", server]
         self.cwd = cwd
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -51,7 +53,7 @@ class ServerProcess:
         """Start, and wait (bounded) until it says it listens; raise with its output if not."""
         self._ready.clear()
         self.lines = []
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()

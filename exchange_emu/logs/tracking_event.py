@@ -94,6 +94,7 @@ SOURCES: frozenset[str] = frozenset(
         "AGENT",
         "APPROVAL",
         "DSN",
+        "DUMPSTER",
         "GATEWAY",
         "MAILBOXRULE",
         "MEETINGMESSAGEPROCESSOR",

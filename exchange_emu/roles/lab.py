@@ -1,7 +1,7 @@
 """``twistd exchange-lab``: every server of an organization file in one process.
 
-For now the hubs and edges are real transport servers; the roles later
-issues build (mailbox, legacy) start as placeholders that say so.
+Hubs, edges and mailbox servers are real; the legacy role (a later issue)
+starts as a placeholder that says so.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application import service
 
 from exchange_emu.directory import Organization, Server
+from exchange_emu.mailbox.server import MailboxServer
 from exchange_emu.roles.not_built import NotImplementedRole
 from exchange_emu.roles.options import OrganizationOptions
 from exchange_emu.startup import ExitOnStartupError
@@ -49,6 +50,8 @@ def server_table(organization: Organization) -> str:
 def server_service(organization: Organization, server: Server, reactor: Any) -> service.IService:
     if server.roles & set(BUILT_ROLES):
         return TransportServer(organization, server, reactor)
+    if "mailbox" in server.roles:
+        return MailboxServer(organization, server, reactor)
     return NotImplementedRole(server.name, ",".join(sorted(server.roles)))
 
 

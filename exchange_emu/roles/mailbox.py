@@ -1,4 +1,4 @@
-"""``twistd exchange-mailbox``: not implemented yet (a later issue builds it)."""
+"""``twistd exchange-mailbox``: an Exchange 2010 mailbox server."""
 
 from __future__ import annotations
 
@@ -6,14 +6,27 @@ from typing import Any
 
 from twisted.application import service
 
-from exchange_emu.roles.not_built import NotImplementedRole
+from exchange_emu.mailbox.server import MailboxServer
 from exchange_emu.roles.options import ServerOptions
+from exchange_emu.startup import ExitOnStartupError
 
 
 class Options(ServerOptions):
     synopsis = "--config etc/lab.toml --server NAME [--port-offset N]"
+    longdesc = (
+        "Run one Exchange 2010 mailbox server of an organization file: its mailbox "
+        "databases, the store-driver endpoint the hubs of its site connect to, and the "
+        "Mail Submission service. Example: twistd -n exchange-mailbox --config "
+        "etc/lab.toml --server MBX01"
+    )
 
 
 def makeService(options: Options, reactor: Any = None) -> service.IService:
-    _, server = options.server("exchange-mailbox", "mailbox")
-    return NotImplementedRole(server.name, "mailbox")
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    organization, server = options.server("exchange-mailbox", "mailbox")
+    top = ExitOnStartupError("exchange-mailbox")
+    MailboxServer(organization, server, reactor).setServiceParent(top)
+    return top

@@ -156,10 +156,35 @@ def _v2_transport_pipeline(conn: Connection) -> None:
         conn.execute(sa.text(statement))
 
 
+def _v3_store_driver(conn: Connection) -> None:
+    """Version 3: messages submitted through the store driver, and the transport dumpster."""
+    # "<mailbox server>:<database>:<item id>" of the Outbox item a message came from, so
+    # the hub can report ownership (B.4) once the next hop has it.
+    conn.execute(sa.text("ALTER TABLE messages ADD COLUMN mapi_submission VARCHAR(255)"))
+    md = sa.MetaData(naming_convention=tables.NAMING_CONVENTION)
+    ident = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    sa.Table(
+        "dumpster",
+        md,
+        sa.Column("id", ident, primary_key=True, autoincrement=True),
+        sa.Column("database", sa.String(255), nullable=False),
+        sa.Column("internet_message_id", sa.String(998), nullable=False),
+        sa.Column("sender", sa.String(320), nullable=False),
+        sa.Column("recipients", sa.UnicodeText, nullable=False),
+        sa.Column("submit_time", sa.Float, nullable=False),
+        sa.Column("size", sa.Integer, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("delivered_at", sa.Float, nullable=False),
+        sa.Index("ix_dumpster_database_delivered_at", "database", "delivered_at"),
+        sqlite_autoincrement=True,
+    ).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial queue database schema", _v1_initial_schema),
     Migration(2, "transport pipeline: delivered_to, delay DSN, crash detection",
               _v2_transport_pipeline),
+    Migration(3, "store driver submissions and the transport dumpster", _v3_store_driver),
 )
 
 

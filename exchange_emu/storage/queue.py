@@ -109,6 +109,8 @@ class NewMessage:
     delayed_ack: bool = False
     expires_at: float | None = None
     origin_server: str | None = None
+    mapi_submission: str | None = None
+    """``<mailbox server>:<database>:<item id>`` of the Outbox item (store-driver submissions)."""
     state: str = MessageState.QUEUED
     queue: str = SUBMISSION_QUEUE
 
@@ -234,32 +236,33 @@ def accept_message(conn: Connection, new: NewMessage) -> int:
     Returns the new InternalId. Ids increase and are never reused, even after deletion.
     """
     body = _read_body(new.body)
-    result = conn.execute(
-        sa.insert(messages).values(
-            internet_message_id=new.message_id,
-            sender=new.sender,
-            size=len(body),
-            body=body,
-            received_at=new.received_at,
-            source=new.source,
-            client_ip=new.client_ip,
-            client_hostname=new.client_hostname,
-            receive_connector=new.receive_connector,
-            subject=new.subject,
-            hop_count=new.hop_count,
-            body_type=str(new.body_type),
-            dsn_envid=new.dsn_envid,
-            dsn_ret=new.dsn_ret,
-            xexch50=new.xexch50,
-            shadow_context=new.shadow_context,
-            shadow_message_id=new.shadow_message_id,
-            delayed_ack=new.delayed_ack,
-            state=str(new.state),
-            expires_at=new.expires_at,
-            crash_count=0,
-            origin_server=new.origin_server,
-        )
+    values: dict[str, Any] = dict(
+        internet_message_id=new.message_id,
+        sender=new.sender,
+        size=len(body),
+        body=body,
+        received_at=new.received_at,
+        source=new.source,
+        client_ip=new.client_ip,
+        client_hostname=new.client_hostname,
+        receive_connector=new.receive_connector,
+        subject=new.subject,
+        hop_count=new.hop_count,
+        body_type=str(new.body_type),
+        dsn_envid=new.dsn_envid,
+        dsn_ret=new.dsn_ret,
+        xexch50=new.xexch50,
+        shadow_context=new.shadow_context,
+        shadow_message_id=new.shadow_message_id,
+        delayed_ack=new.delayed_ack,
+        state=str(new.state),
+        expires_at=new.expires_at,
+        crash_count=0,
+        origin_server=new.origin_server,
     )
+    if new.mapi_submission is not None:  # (a column of schema v3)
+        values["mapi_submission"] = new.mapi_submission
+    result = conn.execute(sa.insert(messages).values(**values))
     key = result.inserted_primary_key
     if key is None:
         raise RuntimeError("the database returned no InternalId")

@@ -72,6 +72,7 @@ messages = sa.Table(
     sa.Column("crash_count", sa.Integer, nullable=False, default=0),
     sa.Column("origin_server", sa.String(255), nullable=True),
     sa.Column("delay_dsn_sent", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("mapi_submission", sa.String(255), nullable=True),
     sa.Index("ix_messages_state", "state"),
     sa.Index("ix_messages_internet_message_id", "internet_message_id"),
     sa.Index("ix_messages_expires_at", "expires_at"),
@@ -146,4 +147,23 @@ discard_notifications = sa.Table(
     sa.Column("internet_message_id", sa.String(998), nullable=True),
     sa.Index("ix_discard_notifications_context", "shadow_context", "created_at"),
     sa.Index("ix_discard_notifications_created_at", "created_at"),
+)
+
+#: The transport dumpster: copies of messages delivered to replicated mailbox databases,
+#: kept until the database's log holding them is replicated (or size and age limits),
+#: for redelivery after a lossy failover.
+dumpster = sa.Table(
+    "dumpster",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("database", sa.String(255), nullable=False),
+    sa.Column("internet_message_id", sa.String(998), nullable=False),
+    sa.Column("sender", sa.String(320), nullable=False),
+    sa.Column("recipients", sa.UnicodeText, nullable=False),
+    sa.Column("submit_time", sa.Float, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("delivered_at", sa.Float, nullable=False),
+    sa.Index("ix_dumpster_database_delivered_at", "database", "delivered_at"),
+    sqlite_autoincrement=True,
 )

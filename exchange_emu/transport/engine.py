@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, Server
+from exchange_emu.faults import crash_point
 from exchange_emu.smtp.client import (
     OutboundMessage,
     SessionOutcome,
@@ -40,6 +41,7 @@ from exchange_emu.transport.routing import (
     RoutingFailure,
     Target,
 )
+from exchange_emu.transport.store_driver import HubStoreDriver, submit_time_of
 from exchange_emu.transport.tracking import TransportTracking
 
 log = Logger()
@@ -50,6 +52,12 @@ MESSAGES_PER_SESSION = 20
 """Exchange's MaxMessagesPerConnection (send side)."""
 UNREACHABLE = "Unreachable"
 _CONTEXT_NAMESPACE = uuid.UUID("6f1d5e1c-8f5b-4f8e-9a51-3c2a7f4e1b00")
+
+
+def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d
 
 
 def _run(coroutine: Coroutine[Any, Any, Any], what: str) -> Deferred[Any]:
@@ -93,6 +101,7 @@ class TransportEngine(service.Service):
         )
         self.queues: dict[str, DeliveryQueue] = {}
         self.down_until: dict[str, float] = {}
+        self.store_driver: HubStoreDriver | None = None
         self.categorizer = Categorizer(self)
         self.shadow = ShadowRedundancy(self)
         self.stopping = False
@@ -207,8 +216,38 @@ class TransportEngine(service.Service):
             self.categorizer.add([new_id])
         for settled in report.settled:
             if settled.discard_queued:
-                self.tracking.discard_prepared(
-                    settled.envelope, scenario_for_discard if settled.shadowed else "E.6")
+                scenario = scenario_for_discard if settled.shadowed or scenario_for_discard == (
+                    "C.3") else "E.6"
+                self.tracking.discard_prepared(settled.envelope, scenario)
+            if settled.envelope.mapi_submission:
+                self.track(_run(self.report_ownership(settled), "ownership report"))
+
+    async def redeliver(self, database: str, since: float) -> int:
+        """Lossy failover of ``database``: resubmit what the transport dumpster holds for
+        it since ``since``; the mailbox's duplicate detection drops what survived."""
+        ids = await self.database.write(jobs.redeliver_from_dumpster, database, since,
+                                        self.clock.seconds())
+        envelopes = await self.database.read(jobs.envelopes_of, ids)
+        for envelope in envelopes:
+            self.tracking.redelivered(envelope, database)
+        self.categorizer.add(ids)
+        return len(ids)
+
+    async def report_ownership(self, settled: jobs.Settled, attempts: int = 12) -> None:
+        """B.4: the next hop has the message; tell the mailbox server (the item moves
+        from the Outbox to Sent Items). B.5: the hub deleted it or keeps a shadow."""
+        assert settled.envelope.mapi_submission is not None
+        for _ in range(attempts):
+            if self.store_driver is not None and not self.stopping:
+                try:
+                    await self.store_driver.report_ownership(settled.envelope.mapi_submission)
+                except Exception as e:
+                    log.info("{server}: ownership report failed ({why}); trying again",
+                             server=self.server.name, why=e)
+                else:
+                    self.tracking.ownership_reported(settled.envelope, settled.shadowed)
+                    return
+            await _sleep(self.clock, 5.0)
 
 
 class Categorizer:
@@ -381,8 +420,7 @@ class DeliveryQueue:
         if not items:
             return
         if self.hop.delivery == MAILBOX:
-            await self._queue_failed(
-                items, "451 4.4.0 Mailbox delivery through the store driver is not built yet")
+            await self._deliver_to_mailbox(items)
             return
         shadow = engine.settings.shadow_redundancy_enabled and self.hop.shadow_capable
         outbound = [
@@ -476,6 +514,74 @@ class DeliveryQueue:
             engine.tracking.shadow_created(envelope, primary or "", shadow_id,
                                            when=finished.get(envelope.internal_id))
         engine.report(report)
+
+    async def _deliver_to_mailbox(self, items: list[jobs.DeliveryItem]) -> None:
+        """C.1: through the store driver into the mailboxes of one database."""
+        engine = self.engine
+        target = self.hop.targets[0]
+        driver = engine.store_driver
+        if driver is None or target.server not in driver.links:
+            await self._queue_failed(
+                items, f"451 4.4.0 STOREDRV; no store driver connection to {target.server}")
+            return
+        self.retry_count = 0
+        self.next_attempt = 0.0
+        now = engine.clock.seconds()
+        results: list[jobs.MessageResult] = []
+        duplicates: dict[int, list[str]] = {}
+        for item in items:
+            addresses = [r.address for r in item.recipients]
+            try:
+                statuses = await driver.deliver(target.server or "", self.name, addresses,
+                                                item.envelope.sender, item.envelope.message_id,
+                                                item.body)
+                crash_point("C.1")  # delivered, nothing recorded yet (fault injection)
+            except Exception as e:
+                reply = f"451 4.4.0 STOREDRV.Deliver; {e}"
+                results.append(jobs.MessageResult(item.envelope.internal_id, deferred=tuple(
+                    (r.id, reply) for r in item.recipients)))
+                continue
+            delivered, failed = [], []
+            for r in item.recipients:
+                status = statuses.get(r.address, "unknown")
+                if status == "unknown":
+                    failed.append((r.id, "550 5.1.1 STOREDRV.Deliver; recipient not found"))
+                else:
+                    delivered.append((r.id, "250 2.1.5 STOREDRV.Deliver; " + status))
+                    if status == "duplicate":
+                        duplicates.setdefault(item.envelope.internal_id, []).append(r.address)
+            results.append(jobs.MessageResult(item.envelope.internal_id, tuple(delivered), (),
+                                              tuple(failed)))
+        report = await engine.database.write(
+            jobs.record_session, results, delivered_to=target.server, primary=None, now=now,
+            retry_at=now + engine.settings.message_retry_interval, signer=engine.signer)
+        dumpster = [(item, [r.address for r in item.recipients])
+                    for item, result in zip(items, results, strict=True) if result.delivered]
+        if dumpster:
+            await engine.database.write(
+                jobs.add_to_dumpster, self.name, [
+                    (item.envelope, addresses, submit_time_of(item.body), item.body)
+                    for item, addresses in dumpster],
+                now, engine.settings.max_dumpster_size_per_database,
+                engine.settings.max_dumpster_time)
+        for item, result in zip(items, results, strict=True):
+            internal_id = item.envelope.internal_id
+            if result.delivered:
+                dups = duplicates.get(internal_id, [])
+                fresh = [r.address for r in item.recipients
+                         if any(r.id == rid for rid, _ in result.delivered)
+                         and r.address not in dups]
+                if fresh:
+                    engine.tracking.delivered(item.envelope, fresh, self.name, target.fqdn)
+                if dups:
+                    engine.tracking.duplicate_dropped(item.envelope, dups, self.name)
+            if result.deferred:
+                engine.tracking.deferred(item.envelope, [r.address for r in item.recipients],
+                                         result.deferred[0][1], self.name)
+                self.items[internal_id] = now + engine.settings.message_retry_interval
+            else:
+                self.items.pop(internal_id, None)
+        engine.report(report, "C.3")
 
     async def _queue_failed(self, items: list[jobs.DeliveryItem], reply: str) -> None:
         """No target of the next hop answered: the queue goes to Retry."""
@@ -615,6 +721,24 @@ class ShadowRedundancy:
         """D.5–D.7: the primary handed over discard notifications; drop those shadows."""
         engine = self.engine
         dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
-        for envelope, _deleted in dropped:
+        for envelope, _deleted, handed in dropped:
             engine.tracking.discard_queried(envelope, primary, queried_at)
-            engine.tracking.shadow_discarded(envelope, primary)
+            engine.tracking.shadow_discarded(
+                envelope, primary, delivered_to_mailboxes=self._delivers_to_mailboxes(
+                    primary, handed))
+
+    def _delivers_to_mailboxes(self, primary: str, addresses: Sequence[str]) -> bool:
+        """Did ``primary`` take these recipients for mailboxes of its own site (scenario
+        C there, so this discard is C.4)?"""
+        org = self.engine.organization
+        try:
+            site = org.server(primary).site
+        except LookupError:
+            return False
+        for address in addresses:
+            recipient = org.recipient(address)
+            database = org.database(recipient.database) if recipient and recipient.database \
+                else None
+            if database is None or org.server(database.server).site != site:
+                return False
+        return bool(addresses)

@@ -8,6 +8,7 @@ database in a state the next start can resume from.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from exchange_emu.storage.queue import accept_message
 from exchange_emu.storage.tables import (
     database_info,
     discard_notifications,
+    dumpster,
     messages,
     recipients,
     shadow_messages,
@@ -71,6 +73,7 @@ class Envelope:
     received_at: float
     shadow_context: str | None
     shadow_message_id: str | None
+    mapi_submission: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ def _envelope(row: Any) -> Envelope:
         received_at=float(row.received_at),
         shadow_context=row.shadow_context,
         shadow_message_id=row.shadow_message_id,
+        mapi_submission=row.mapi_submission,
     )
 
 
@@ -134,6 +138,7 @@ _ENVELOPE = [
     messages.c.received_at,
     messages.c.shadow_context,
     messages.c.shadow_message_id,
+    messages.c.mapi_submission,
 ]
 
 
@@ -144,6 +149,11 @@ def _envelopes(conn: Connection, internal_ids: Iterable[int]) -> dict[int, Envel
         for row in conn.execute(sa.select(*_ENVELOPE).where(messages.c.internal_id.in_(chunk))):
             out[int(row.internal_id)] = _envelope(row)
     return out
+
+
+def envelopes_of(conn: Connection, internal_ids: Sequence[int]) -> list[Envelope]:
+    envelopes = _envelopes(conn, internal_ids)
+    return [envelopes[i] for i in internal_ids if i in envelopes]
 
 
 # --- start-up -------------------------------------------------------------------------------
@@ -563,10 +573,11 @@ def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[
 
 def apply_discards(
     conn: Connection, primary: str, shadow_message_ids: Sequence[str]
-) -> list[tuple[Envelope, bool]]:
+) -> list[tuple[Envelope, bool, tuple[str, ...]]]:
     """The holder's side (D.7): drop the shadow copies ``primary`` says it is done
     with; a message no primary shadows any more, with nothing else pending, is
-    deleted. Returns (envelope, deleted) per shadow dropped."""
+    deleted. Returns (envelope, deleted, the recipients handed to that primary)
+    per shadow dropped."""
     if not shadow_message_ids:
         return []
     rows = conn.execute(
@@ -577,8 +588,12 @@ def apply_discards(
     ).all()
     if not rows:
         return []
-    conn.execute(sa.delete(shadow_messages).where(shadow_messages.c.id.in_([r.id for r in rows])))
     ids = [int(r.internal_id) for r in rows]
+    handed: dict[int, list[str]] = defaultdict(list)
+    for row in conn.execute(sa.select(recipients.c.internal_id, recipients.c.address).where(
+            recipients.c.internal_id.in_(ids), recipients.c.delivered_to == primary)):
+        handed[int(row.internal_id)].append(row.address)
+    conn.execute(sa.delete(shadow_messages).where(shadow_messages.c.id.in_([r.id for r in rows])))
     envelopes = _envelopes(conn, ids)
     still = {int(i) for i in conn.execute(
         sa.select(shadow_messages.c.internal_id).distinct()
@@ -587,7 +602,7 @@ def apply_discards(
     if deleted:
         conn.execute(sa.delete(messages).where(
             messages.c.internal_id.in_(deleted), messages.c.state == SHADOW))
-    return [(envelopes[i], i in deleted) for i in ids if i in envelopes]
+    return [(envelopes[i], i in deleted, tuple(handed[i])) for i in ids if i in envelopes]
 
 
 def take_ownership(conn: Connection, primary: str) -> list[Envelope]:
@@ -688,3 +703,83 @@ def age_messages(
             _queue_dsn(conn, "delayed", envelope, wanted, now, signer, report,
                        retry_until=envelope.received_at + expire_after)
     return report, sorted(failures)
+
+
+# --- transport dumpster -------------------------------------------------------------------------
+
+
+def add_to_dumpster(
+    conn: Connection,
+    database: str,
+    entries: Sequence[tuple[Envelope, Sequence[str], float, bytes]],
+    now: float,
+    max_size: int,
+    max_age: float,
+) -> int:
+    """C.2: keep a copy of each message delivered to ``database``; then hold the
+    dumpster to MaxDumpsterSizePerDatabase and MaxDumpsterTime, oldest out first.
+    Returns how many old copies left."""
+    if entries:
+        conn.execute(sa.insert(dumpster), [
+            dict(database=database, internet_message_id=envelope.message_id,
+                 sender=envelope.sender, recipients=json.dumps(list(addresses)),
+                 submit_time=submit_time, size=len(body), body=body, delivered_at=now)
+            for envelope, addresses, submit_time, body in entries])
+    return truncate_dumpster(conn, database, now, max_size, max_age)
+
+
+def truncate_dumpster(conn: Connection, database: str, now: float, max_size: int,
+                      max_age: float, replicated_up_to: float | None = None) -> int:
+    """Drop what the dumpster of ``database`` need not keep: older than MaxDumpsterTime,
+    beyond MaxDumpsterSizePerDatabase (oldest first), or already replicated."""
+    removed = conn.execute(sa.delete(dumpster).where(
+        dumpster.c.database == database, dumpster.c.delivered_at < now - max_age)).rowcount
+    if replicated_up_to is not None:
+        removed += conn.execute(sa.delete(dumpster).where(
+            dumpster.c.database == database,
+            dumpster.c.delivered_at < replicated_up_to)).rowcount
+    rows = conn.execute(
+        sa.select(dumpster.c.id, dumpster.c.size).where(dumpster.c.database == database)
+        .order_by(dumpster.c.delivered_at.desc(), dumpster.c.id.desc())).all()
+    total, drop = 0, []
+    for row in rows:
+        total += int(row.size)
+        if total > max_size:
+            drop.append(int(row.id))
+    for chunk in _chunks(drop):
+        removed += conn.execute(sa.delete(dumpster).where(dumpster.c.id.in_(chunk))).rowcount
+    return int(removed)
+
+
+@dataclass(frozen=True)
+class DumpsterEntry:
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    size: int
+    delivered_at: float
+
+
+def dumpster_contents(conn: Connection, database: str) -> list[DumpsterEntry]:
+    return [DumpsterEntry(r.internet_message_id, r.sender, tuple(json.loads(r.recipients)),
+                          int(r.size), float(r.delivered_at))
+            for r in conn.execute(
+                sa.select(dumpster).where(dumpster.c.database == database)
+                .order_by(dumpster.c.delivered_at, dumpster.c.id))]
+
+
+def redeliver_from_dumpster(conn: Connection, database: str, since: float,
+                            now: float) -> list[int]:
+    """After a lossy failover of ``database``: resubmit every copy delivered to it since
+    ``since`` (duplicate detection at the mailbox drops what survived). Returns the new
+    messages' InternalIds, waiting in Submission."""
+    ids = []
+    for row in conn.execute(
+            sa.select(dumpster).where(dumpster.c.database == database,
+                                      dumpster.c.delivered_at >= since)
+            .order_by(dumpster.c.delivered_at, dumpster.c.id)).all():
+        ids.append(accept_message(conn, NewMessage(
+            sender=row.sender, recipients=tuple(json.loads(row.recipients)),
+            body=bytes(row.body), received_at=now, message_id=row.internet_message_id,
+            source="DUMPSTER", origin_server=f"dumpster:{database}")))
+    return ids

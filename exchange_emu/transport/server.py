@@ -10,20 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.application import service, strports
-from twisted.internet.error import CannotListenError
+from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, ReceiveConnector, Server
+from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.protocol_log import ProtocolLog
 from exchange_emu.logs.tracking_log import MessageTrackingLog
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
-from exchange_emu.startup import StartupError
-from exchange_emu.storage import QueueDatabase, QueueStore, StorageError
+from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
+from exchange_emu.transport import jobs
 from exchange_emu.transport.engine import TransportEngine
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
+from exchange_emu.transport.store_driver import HubStoreDriver
 from exchange_emu.transport.tracking import TransportTracking
 
 log = Logger()
@@ -48,61 +49,6 @@ def receive_settings(
     )
 
 
-class _QueueDatabaseService(service.Service):
-    """Opens the queue database before the listeners, closes it after them."""
-
-    def __init__(self, db: QueueDatabase, server_name: str) -> None:
-        self.db = db
-        self.server_name = server_name
-
-    def privilegedStartService(self) -> None:
-        try:
-            self.db.open()
-        except StorageError as e:
-            raise StartupError(f"{self.server_name}: {e}") from None
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        super().startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.db.stopService()
-
-
-class _Listener(service.Service):
-    """A receive connector's listening port; a busy port is a one-line start-up error."""
-
-    def __init__(self, server_name: str, connector: ReceiveConnector, factory: Any, reactor: Any):
-        self.server_name = server_name
-        self.connector = connector
-        self._inner = strports.service(connector.bind.endpoint(), factory, reactor=reactor)
-
-    def privilegedStartService(self) -> None:
-        try:
-            self._inner.privilegedStartService()
-        except CannotListenError as e:
-            raise StartupError(
-                f"{self.server_name}: receive connector '{self.connector.name}' cannot listen "
-                f"on {self.connector.bind}: {e.socketError}"
-            ) from None
-        super().privilegedStartService()
-        log.info(
-            "{server}: receive connector '{connector}' listening on {address}",
-            server=self.server_name,
-            connector=self.connector.name,
-            address=str(self.connector.bind),
-        )
-
-    def startService(self) -> None:
-        super().startService()
-        self._inner.startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self._inner.stopService()
-
-
 class TransportServer(service.MultiService):
     """A hub or edge transport server: queue database, logs, receive connectors."""
 
@@ -121,12 +67,19 @@ class TransportServer(service.MultiService):
         )
         self.receive_log = ProtocolLog(logs / "ProtocolLog", kind="SmtpReceive", clock=clock)
         self.send_log = ProtocolLog(logs / "ProtocolLog", kind="SmtpSend", clock=clock)
-        _QueueDatabaseService(self.database, server.name).setServiceParent(self)
+        DatabaseService(self.database, server.name).setServiceParent(self)
         self.engine = TransportEngine(
             organization, server, self.database, TransportTracking(server, self.tracking_log),
             reactor, send_log=self.send_log,
         )
         self.engine.setServiceParent(self)
+        if server.has_role("hub") and server.site is not None:
+            self.store_driver = HubStoreDriver(
+                organization, server, reactor, accept=self.store.accept_message,
+                submitted=self._from_store_driver, redeliver=self.engine.redeliver,
+                replicated=self._replicated)
+            self.engine.store_driver = self.store_driver
+            self.store_driver.setServiceParent(self)
         for connector in server.receive_connectors:
             policy = TransportReceivePolicy(
                 organization, server, connector, self.store, clock, self.tracking_log,
@@ -135,7 +88,25 @@ class TransportServer(service.MultiService):
             factory = ExchangeESMTPFactory(
                 receive_settings(server, connector), policy, clock, self.receive_log
             )
-            _Listener(server.name, connector, factory, reactor).setServiceParent(self)
+            Listener(server.name, f"receive connector '{connector.name}'", connector.bind,
+                     factory, reactor).setServiceParent(self)
+
+    async def _replicated(self, database: str, up_to: float) -> int:
+        """The mailbox server replicated ``database`` up to ``up_to``: the transport
+        dumpster lets go of what is older."""
+        settings = self.organization.transport
+        return await self.database.write(
+            jobs.truncate_dumpster, database, self.reactor.seconds(),
+            settings.max_dumpster_size_per_database, settings.max_dumpster_time, up_to)
+
+    def _from_store_driver(self, internal_id: int, new: NewMessage) -> None:
+        """B.2 done: the message is in the Submission queue; route it."""
+        self.engine.tracking.received_from_store_driver(
+            jobs.Envelope(internal_id, new.message_id, new.sender, new.subject or "", 0,
+                          new.source, new.received_at, None, None, new.mapi_submission),
+            [r if isinstance(r, str) else r.address for r in new.recipients],
+            new.client_hostname or "")
+        self.engine.submitted(internal_id)
 
     def stopService(self) -> Any:
         d = super().stopService()

@@ -13,6 +13,11 @@ from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTracki
 from exchange_emu.transport.jobs import Envelope
 
 
+def _routed(envelope: Envelope) -> tuple[str, ...]:
+    """B.3: a message from the store driver is routed here (first hop after a mailbox)."""
+    return ("B.3",) if envelope.source == "STOREDRIVER" else ()
+
+
 class TransportTracking:
     """Writes one server's message tracking log rows for the transport pipeline."""
 
@@ -68,8 +73,37 @@ class TransportTracking:
             steps: tuple[str, ...] = ("D.1", "D.2", "D.3", "D.4.1")
         else:
             steps = ("E.1", "E.2", "E.3", "E.4") + (("E.5",) if deleted else ())
+        steps = _routed(envelope) + steps
         self._row("SEND", "SMTP", envelope, steps, recipients=recipients, statuses=replies,
                   connector=next_hop, when=when, destination=target_fqdn)
+
+    def delivered(self, envelope: Envelope, recipients: Sequence[str], database: str,
+                  mailbox_server: str) -> None:
+        """C.1 (and C.2: a copy goes to the transport dumpster): delivered to mailboxes."""
+        self._row("DELIVER", "STOREDRIVER", envelope, (*_routed(envelope), "C.1", "C.2"),
+                  recipients=recipients, statuses=["250 2.1.5 delivered"] * len(recipients),
+                  connector=database, destination=mailbox_server)
+
+    def duplicate_dropped(self, envelope: Envelope, recipients: Sequence[str],
+                          database: str) -> None:
+        """The mailbox already had it (DeliveredTo): dropped silently."""
+        self._row("DUPLICATEDELIVER", "STOREDRIVER", envelope, ("C.1",),
+                  recipients=recipients, connector=database)
+
+    def received_from_store_driver(self, envelope: Envelope, recipients: Sequence[str],
+                                   mailbox_server: str) -> None:
+        """B.2: the hub took the message out of the Outbox into its Submission queue."""
+        self._row("RECEIVE", "STOREDRIVER", envelope, ("B.2",), recipients=recipients,
+                  mailbox_server=mailbox_server)
+
+    def ownership_reported(self, envelope: Envelope, shadowed: bool) -> None:
+        """B.4 (the item moves to Sent Items) and B.5 (deleted, or kept as a shadow)."""
+        self._row("NOTIFYMAPI", "STOREDRIVER", envelope, ("B.4", "B.5"),
+                  outcome="shadowed" if shadowed else "deleted")
+
+    def redelivered(self, envelope: Envelope, database: str) -> None:
+        """Transport dumpster redelivery after a lossy failover."""
+        self._row("RESUBMIT", "DUMPSTER", envelope, (), database=database)
 
     def shadow_created(self, envelope: Envelope, primary: str, shadow_id: str,
                        when: float | None = None) -> None:
@@ -102,10 +136,14 @@ class TransportTracking:
             sender_address=envelope.sender, message_subject=envelope.subject,
             custom_data=scenario_steps("D.5", primary=primary)))
 
-    def shadow_discarded(self, envelope: Envelope, primary: str, reason: str = "discard") -> None:
-        """D.7: the holder deletes its shadow copy."""
-        self._row("HADISCARD", "SMTP", envelope, ("D.7",) if reason == "discard" else (),
-                  primary=primary, reason=reason)
+    def shadow_discarded(self, envelope: Envelope, primary: str, reason: str = "discard",
+                         delivered_to_mailboxes: bool = False) -> None:
+        """D.7: the holder deletes its shadow copy (C.4 too, when the primary delivered
+        it to mailboxes)."""
+        steps: tuple[str, ...] = ()
+        if reason == "discard":
+            steps = ("D.7", "C.4") if delivered_to_mailboxes else ("D.7",)
+        self._row("HADISCARD", "SMTP", envelope, steps, primary=primary, reason=reason)
 
     def resubmitted(self, envelope: Envelope, primary: str, reason: str) -> None:
         """The holder takes ownership of a shadow copy and resubmits it."""

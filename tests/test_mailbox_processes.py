@@ -1,0 +1,143 @@
+"""Scenarios A, B and C between real mailbox and hub processes over loopback:
+a client's message from alice (MBX01, Site-A) to carol (MBX02, Site-B)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from org_files import two_site_org
+from process_lab import ProcessLab, step_rows
+
+from exchange_emu.directory import load_organization
+from exchange_emu.mailbox.report import locate_mailbox, open_store, read_listing
+
+pytestmark = pytest.mark.integration
+
+EXE = str(Path(sys.executable).parent / "exchange-emu")
+
+
+def send(config: Path, subject: str, to: tuple[str, ...] = ("carol@contoso.test",)) -> str:
+    """``exchange-emu send`` (scenario A); the Message-ID it was given."""
+    result = subprocess.run(
+        [EXE, "send", "--config", str(config), "--from", "alice@contoso.test", "--to", *to,
+         "--subject", subject, "--body", "Hello"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"(<[^>]+>)", result.stdout)
+    assert match, result.stdout
+    return match.group(1)
+
+
+def folder(config: Path, address: str, name: str) -> list[str]:
+    """The Message-IDs in one folder of a mailbox, read from its mailbox server's store."""
+    location = locate_mailbox(load_organization(config), address)
+    engine = open_store(location)
+    try:
+        _, items = read_listing(engine, location)
+    finally:
+        engine.dispose()
+    return [item.message_id for item in items if item.folder == name]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[ProcessLab, Path]]:
+    config, _ = two_site_org(tmp_path)
+    process_lab = ProcessLab(config, tmp_path)
+    yield process_lab, config
+    process_lab.stop_all()
+
+
+def wait_in_folder(lab: ProcessLab, config: Path, address: str, name: str, mid: str,
+                   count: int = 1) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while folder(config, address, name).count(mid) < count:
+        assert time.monotonic() < deadline, f"{mid} not in {address}'s {name}\n{lab.output()}"
+        time.sleep(0.1)
+
+
+def test_alice_to_carol_across_sites_follows_a_b_d_c(lab):
+    process_lab, config = lab
+    process_lab.start("MBX01", "MBX02", "HUB03", "HUB01", "HUB02")
+    mid = send(config, "Across sites")
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
+    wait_in_folder(process_lab, config, "alice@contoso.test", "Sent Items", mid)
+    assert mid not in folder(config, "alice@contoso.test", "Outbox")
+    # The Site-A hub that took it holds a shadow for HUB03 until HUB03 delivered (C.4).
+    taken = process_lab.wait_for("MBX01", lambda e: e.message_id == mid and e.step == "B.1")
+    taker = taken[0].custom_data["hub"]
+    process_lab.wait_for(taker, lambda e: e.message_id == mid and "C.4" in e.steps)
+    process_lab.wait_for("MBX01", lambda e: e.message_id == mid and e.step == "B.4")
+    mbx01 = step_rows(process_lab.events("MBX01"), mid)
+    hub = step_rows(process_lab.events(taker), mid)
+    hub03 = step_rows(process_lab.events("HUB03"), mid)
+    assert [s for _, s in mbx01] == ["A", "B.1", "B.4"]
+    assert hub[:7] == [("RECEIVE", "B.2"), ("SEND", "B.3"), ("SEND", "D.1"), ("SEND", "D.2"),
+                       ("SEND", "D.3"), ("SEND", "D.4.1"), ("HAREDIRECT", "D.4.3")]
+    assert ("NOTIFYMAPI", "B.4") in hub and ("NOTIFYMAPI", "B.5") in hub
+    assert hub[-3:] == [("HADISCARD", "D.5"), ("HADISCARD", "D.7"), ("HADISCARD", "C.4")]
+    assert hub03[:4] == [("RECEIVE", "D.4.2"), ("DELIVER", "C.1"), ("DELIVER", "C.2"),
+                         ("NOTIFYSHADOW", "C.3")]
+    assert ("NOTIFYSHADOW", "D.6") in hub03
+    assert folder(config, "carol@contoso.test", "Inbox").count(mid) == 1
+
+
+def test_hub_killed_between_b2_and_b4_leaves_the_item_in_the_outbox(lab):
+    """The hub that took the item dies before the next hop had it: the item is still in
+    the Outbox, the Mail Submission service hands it to the other hub, and carol gets
+    it once."""
+    process_lab, config = lab
+    process_lab.start("MBX01", "MBX02", "HUB01", "HUB02")  # HUB03 down: no way to Site-B
+    mid = send(config, "Hub dies")
+    taken = process_lab.wait_for("MBX01", lambda e: e.message_id == mid and e.step == "B.1")
+    taker = taken[0].custom_data["hub"]
+    other = "HUB02" if taker == "HUB01" else "HUB01"
+    assert mid in folder(config, "alice@contoso.test", "Outbox")
+    process_lab.kill(taker)
+    process_lab.wait_for(other, lambda e: e.message_id == mid and e.step == "B.2")
+    process_lab.start("HUB03")
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
+    wait_in_folder(process_lab, config, "alice@contoso.test", "Sent Items", mid)
+    assert folder(config, "carol@contoso.test", "Inbox").count(mid) == 1
+
+
+def test_receiving_hub_killed_after_c1_before_c3_gives_one_copy(lab):
+    """HUB03 delivers to carol and dies before it records it (no discard for the holder):
+    the holder resubmits (HUB03 is back with a new queue database), HUB03 delivers again,
+    and duplicate detection keeps carol at one copy (DUPLICATEDELIVER)."""
+    process_lab, config = lab
+    process_lab.start("MBX01", "MBX02", "HUB01", "HUB02")
+    process_lab.start("HUB03", env={"EXCHANGE_EMU_CRASH_AT": "C.1"})
+    mid = send(config, "Crash after C.1")
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
+    process = process_lab.processes.pop("HUB03")
+    assert process.proc.wait(20) == -9  # it killed itself right after C.1
+    process_lab.wipe("HUB03")
+    process_lab.start("HUB03")
+    duplicate = process_lab.wait_for("HUB03", lambda e: e.event_id == "DUPLICATEDELIVER")
+    assert duplicate[0].message_id == mid
+    assert folder(config, "carol@contoso.test", "Inbox").count(mid) == 1
+    taker = next(n for n in ("HUB01", "HUB02")
+                 if any(e.event_id == "RESUBMIT" for e in process_lab.events(n)))
+    assert taker
+
+
+def test_lossy_failover_redelivers_from_the_dumpster_once(lab):
+    process_lab, config = lab
+    process_lab.start("MBX01", "MBX02", "HUB03", "HUB01", "HUB02")
+    mid = send(config, "Before the failover")
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
+    result = subprocess.run([EXE, "failover", "--config", str(config), "DB02", "--lossy",
+                             "--lost-seconds", "120"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "1 items lost" in result.stdout
+    process_lab.wait_for("HUB03", lambda e: e.event_id == "RESUBMIT" and e.message_id == mid)
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
+    assert folder(config, "carol@contoso.test", "Inbox").count(mid) == 1
