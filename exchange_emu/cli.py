@@ -227,6 +227,17 @@ def cmd_failover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A ``password_hash`` value for a recipient of the organization file."""
+    import getpass
+
+    from exchange_emu.directory.passwords import hash_password
+
+    password = args.password if args.password is not None else getpass.getpass("Password: ")
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exchange-emu",
@@ -325,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     fail_over.add_argument("--lossy", action="store_true")
     fail_over.add_argument("--lost-seconds", type=float, default=60.0)
     fail_over.set_defaults(func=cmd_failover)
+
+    hashing = commands.add_parser(
+        "hash-password", help="make a password_hash for the organization file",
+        description="Print a PBKDF2-SHA256 password_hash for a recipient of the organization "
+        "file (asks for the password when --password is not given).")
+    hashing.add_argument("--password", help="the password (visible in the shell history)")
+    hashing.set_defaults(func=cmd_hash_password)
     return parser
 
 

@@ -61,19 +61,22 @@ def chain_org(directory: Path, *, heartbeat: str = "00:00:01", retry_count: int 
 
 def two_site_org(directory: Path, *, heartbeat: str = "00:00:01",
                  retry_count: int = 2) -> tuple[Path, dict[str, int]]:
-    """The lab's two sites: Site-A has MBX01 (DB01: alice, bob), HUB01 and HUB02;
+    """The lab's two sites: Site-A has MBX01 (DB01: alice, bob), HUB01 (with a Client
+    submission connector on ports["CLIENT"]; alice's password is P@ssw0rd) and HUB02;
     Site-B has MBX02 (DB02: carol) and HUB03."""
     names = ["MBX01", "HUB01", "HUB02", "MBX02", "HUB03"]
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    ports = dict(zip([*names, "CLIENT"], free_ports(len(names) + 1), strict=True))
     site = {"MBX01": "Site-A", "HUB01": "Site-A", "HUB02": "Site-A", "MBX02": "Site-B",
             "HUB03": "Site-B"}
     spec = OrgSpec(
-        [ServerSpec(n, "mailbox" if n.startswith("MBX") else "hub", ports[n], site=site[n])
+        [ServerSpec(n, "mailbox" if n.startswith("MBX") else "hub", ports[n], site=site[n],
+                    client_port=ports["CLIENT"] if n == "HUB01" else None)
          for n in names],
         sites=("Site-A", "Site-B"),
         mailbox_databases=[MailboxDatabaseSpec("DB01", "MBX01"),
                            MailboxDatabaseSpec("DB02", "MBX02")],
-        recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01"),
+        recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01",
+                                  password="P@ssw0rd"),
                     RecipientSpec("bob@contoso.test", "Bob", database="DB01"),
                     RecipientSpec("carol@contoso.test", "Carol", database="DB02")],
         transport={"ShadowHeartbeatTimeoutInterval": heartbeat,

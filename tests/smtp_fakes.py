@@ -57,6 +57,9 @@ class FakePolicy:
     def check_sender(self, session: SessionInfo, sender: str, params: Any) -> None:
         return None
 
+    def authenticate(self, session: SessionInfo, username: str, password: str) -> bool:
+        return (username, password) == ("alice@contoso.test", "secret")
+
     def check_recipient(self, session: SessionInfo, sender: str, rcpt: Recipient) -> Reply | None:
         if rcpt.address in self.refuse_recipients:
             return Reply(550, ("5.7.1 Unable to relay",))

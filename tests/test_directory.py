@@ -186,13 +186,17 @@ def test_lab_file_trust_rule_and_edge_connector() -> None:
     loopback = ipaddress.ip_network("127.0.0.0/8")
     for server in org.servers.values():
         if server.is_exchange_2010 and server.smtp is not None:
-            (connector,) = server.receive_connectors
+            connector = server.receive_connectors[0]
             assert connector.org_server_networks == (loopback,), server.name
             assert connector.is_org_server_address("127.0.0.2")
             assert connector.bind == server.smtp
     assert org.server("EDGE01").receive_connectors[0].allows_anonymous
     assert not org.server("HUB01").receive_connectors[0].allows_anonymous
     assert org.server("INTERNET01").receive_connectors[0].org_server_networks == ()
+    client = org.server("HUB01").receive_connectors[1]
+    assert (client.name, client.usage, str(client.bind)) == (
+        "Client HUB01", "Client", "127.0.0.1:2587")
+    assert client.auth_mechanisms == ("LOGIN", "PLAIN")
     assert org.server("EDGE01").receive_connectors[0].max_acknowledgement_delay == 10.0
 
 
@@ -433,7 +437,8 @@ ERROR_CASES = [
     ),
     pytest.param(
         changed('address = "a@example.test"', 'address = "a@example.test"\ncolour = "red"'),
-        "recipients[0].colour: unknown key (known keys: address, database, display_name, server)",
+        "recipients[0].colour: unknown key (known keys: address, database, display_name, "
+        "password, password_hash, server)",
         id="unknown-key-no-suggestion",
     ),
     pytest.param(
@@ -907,3 +912,27 @@ def test_any_damage_to_the_lab_gives_an_organization_or_a_file_error(
     else:
         assert isinstance(org, Organization)
         assert dataclasses.is_dataclass(org)
+
+
+
+def test_passwords_are_hashed_on_load_and_verify(tmp_path: Path) -> None:
+    """A lab's clear ``password`` is kept only as a PBKDF2 hash; ``password_hash`` is taken
+    as it is; both verify; a malformed hash is a one-line error."""
+    from exchange_emu.directory.passwords import hash_password, verify_password
+
+    org = load_organization(LAB)
+    alice = org.recipient("alice@contoso.test")
+    assert alice is not None and alice.password_hash is not None
+    assert "P@ssw0rd" not in alice.password_hash
+    assert verify_password(alice.password_hash, "P@ssw0rd")
+    assert not verify_password(alice.password_hash, "p@ssw0rd")
+    made = hash_password("s3cret", iterations=1000)
+    text = LAB.read_text().replace('password = "P@ssw0rd"', f'password_hash = "{made}"', 1)
+    path = tmp_path / "lab.toml"
+    path.write_text(text)
+    again = load_organization(path).recipient("alice@contoso.test")
+    assert again is not None and again.password_hash == made
+    path.write_text(text.replace(made, "md5$abc"))
+    with pytest.raises(OrganizationFileError) as info:
+        load_organization(path)
+    assert "password_hash: not pbkdf2_sha256$" in str(info.value)

@@ -141,3 +141,30 @@ def test_lossy_failover_redelivers_from_the_dumpster_once(lab):
     process_lab.wait_for("HUB03", lambda e: e.event_id == "RESUBMIT" and e.message_id == mid)
     wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
     assert folder(config, "carol@contoso.test", "Inbox").count(mid) == 1
+
+
+def test_client_submission_connector_authenticates_and_never_shadows(lab):
+    """Scenario A over SMTP: alice authenticates on HUB01's Client connector (smtplib
+    as the mail client), may send only as herself, and the hub logs that no shadow
+    exists for this leg; the message then reaches carol's Inbox."""
+    import smtplib
+
+    process_lab, config = lab
+    process_lab.start("MBX01", "MBX02", "HUB03", "HUB01", "HUB02")
+    port = next(c.bind.port for c in process_lab.organization.server("HUB01").receive_connectors
+                if c.usage == "Client")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("laptop.contoso.test")
+        assert "xshadow" not in client.esmtp_features
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("alice@contoso.test", "wrong")
+        client.login("alice@contoso.test", "P@ssw0rd")
+        with pytest.raises(smtplib.SMTPSenderRefused):
+            client.sendmail("bob@contoso.test", ["carol@contoso.test"], b"Subject: x\r\n\r\nx")
+        client.sendmail("alice@contoso.test", ["carol@contoso.test"],
+                        b"Message-ID: <client-587@contoso.test>\r\nSubject: 587\r\n\r\nhi\r\n")
+    mid = "<client-587@contoso.test>"
+    received = process_lab.wait_for("HUB01", lambda e: e.message_id == mid
+                                    and e.event_id == "RECEIVE")
+    assert received[0].step == "A" and received[0].custom_data["shadow"] == "none"
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)

@@ -509,3 +509,99 @@ def test_quit_closes():
     h.output()
     assert h.feed(b"QUIT\r\n") == b"221 2.0.0 Service closing transmission channel\r\n"
     assert h.transport.disconnecting
+
+
+# -- AUTH on a client submission connector ------------------------------------------------
+
+CLIENT = ServerSettings("Client HUB01", "hub01.contoso.test", client_connector=True,
+                        auth_mechanisms=("LOGIN", "PLAIN"), require_authentication=True)
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+def test_client_connector_offers_auth_and_requires_it():
+    h = connect(FakePolicy(org=False), settings=CLIENT)
+    h.output()
+    assert b"250-AUTH LOGIN PLAIN\r\n" in ehlo(h)
+    assert h.feed(b"MAIL FROM:<alice@contoso.test>\r\n") == (
+        b"530 5.7.1 Client was not authenticated\r\n")
+
+
+def test_auth_plain_with_initial_response():
+    h = connect(FakePolicy(org=False), settings=CLIENT)
+    h.output()
+    ehlo(h)
+    assert h.feed(b"AUTH PLAIN " + b64("\0alice@contoso.test\0secret") + b"\r\n") == (
+        b"235 2.7.0 Authentication successful\r\n")
+    assert h.feed(b"MAIL FROM:<alice@contoso.test>\r\n") == b"250 2.1.0 Sender OK\r\n"
+    assert h.proto.session.authenticated_as == "alice@contoso.test"
+
+
+def test_auth_login_challenge_and_wrong_password():
+    h = connect(FakePolicy(org=False), settings=CLIENT)
+    h.output()
+    ehlo(h)
+    assert h.feed(b"AUTH LOGIN\r\n") == b"334 VXNlcm5hbWU6\r\n"
+    assert h.feed(b64("alice@contoso.test") + b"\r\n") == b"334 UGFzc3dvcmQ6\r\n"
+    assert h.feed(b64("wrong") + b"\r\n") == b"535 5.7.3 Authentication unsuccessful\r\n"
+    assert h.feed(b"AUTH LOGIN " + b64("alice@contoso.test") + b"\r\n") == (
+        b"334 UGFzc3dvcmQ6\r\n")
+    assert h.feed(b64("secret") + b"\r\n") == b"235 2.7.0 Authentication successful\r\n"
+
+
+def test_authenticated_client_may_only_send_as_itself():
+    h = connect(FakePolicy(org=False), settings=CLIENT)
+    h.output()
+    ehlo(h)
+    h.feed(b"AUTH PLAIN " + b64("\0alice@contoso.test\0secret") + b"\r\n")
+    assert h.feed(b"MAIL FROM:<bob@contoso.test>\r\n") == (
+        b"550 5.7.60 SMTP; Client does not have permissions to send as this sender\r\n")
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (b"AUTH CRAM-MD5", b"504 5.7.4 Unrecognized authentication type"),
+        (b"AUTH PLAIN !!notbase64", b"501 5.0.0 Authentication cancelled"),
+        (b"AUTH PLAIN " + base64.b64encode(b"no-nuls"), b"501 5.0.0 Authentication cancelled"),
+    ],
+)
+def test_auth_errors(command, expected):
+    h = connect(FakePolicy(org=False), settings=CLIENT)
+    h.output()
+    ehlo(h)
+    assert h.feed(command + b"\r\n") == expected + b"\r\n"
+
+
+def test_auth_credentials_never_reach_the_protocol_log():
+    lines: list[str] = []
+
+    class Log:
+        def connected(self): pass
+        def sent(self, data): lines.append(data)
+        def received(self, data): lines.append(data)
+        def info(self, data, context=""): lines.append(data)
+        def disconnected(self): pass
+
+    class Factory:
+        def open_session(self, *a):
+            return Log()
+
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from exchange_emu.smtp.server import ExchangeESMTPFactory
+
+    from smtp_fakes import _addr
+
+    proto = ExchangeESMTPFactory(CLIENT, FakePolicy(org=False), Clock(), Factory()
+                                 ).buildProtocol(None)
+    proto.makeConnection(StringTransport(peerAddress=_addr("127.0.0.1", 1),
+                                         hostAddress=_addr("127.0.0.1", 2)))
+    proto.dataReceived(b"EHLO x\r\nAUTH LOGIN\r\n" + b64("alice@contoso.test") + b"\r\n"
+                       + b64("secret") + b"\r\n")
+    text = "\n".join(lines)
+    assert b64("secret").decode() not in text and "secret" not in text
+    assert "AUTH ****" in text

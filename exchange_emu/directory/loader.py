@@ -45,6 +45,7 @@ from exchange_emu.directory.names import (
     normalize_domain_pattern,
     normalize_smtp_address,
 )
+from exchange_emu.directory.passwords import hash_password, is_password_hash
 from exchange_emu.directory.transport_settings import TransportSettings
 
 TOP_KEYS: Final = (
@@ -113,7 +114,8 @@ RECEIVE_CONNECTOR_KEYS: Final = (
     "auth_mechanisms",
 )
 MAILBOX_DATABASE_KEYS: Final = ("name", "server")
-RECIPIENT_KEYS: Final = ("address", "display_name", "database", "server")
+RECIPIENT_KEYS: Final = ("address", "display_name", "database", "server", "password",
+                          "password_hash")
 SEND_CONNECTOR_KEYS: Final = (
     "name",
     "address_spaces",
@@ -688,6 +690,7 @@ class _Loader:
         address = table.parsed("address", normalize_smtp_address)
         domain = address.rpartition("@")[2]
         display_name = table.string("display_name", address.partition("@")[0])
+        password_hash = self.load_password(table)
         if table.has("database") == table.has("server"):
             raise table.error(
                 "database",
@@ -711,7 +714,8 @@ class _Loader:
                     "address",
                     f"{domain!r} is not an Authoritative or InternalRelay accepted domain",
                 )
-            return Recipient(address, display_name, database.name, database.server)
+            return Recipient(address, display_name, database.name, database.server,
+                             password_hash)
         server = self.server_ref(table, "server", table.string("server"))
         if "legacy" not in server.roles:
             raise table.error(
@@ -721,7 +725,22 @@ class _Loader:
             )
         if domain not in server.local_domains:
             raise table.error("address", f"{domain!r} is not one of {server.name}'s local_domains")
-        return Recipient(address, display_name, None, server.name)
+        return Recipient(address, display_name, None, server.name, password_hash)
+
+    def load_password(self, table: Table) -> str | None:
+        """``password_hash`` (PBKDF2), or a lab's clear ``password`` hashed on load."""
+        if table.has("password") and table.has("password_hash"):
+            raise table.error("password", "give password or password_hash, not both")
+        if table.has("password_hash"):
+            value = table.string("password_hash")
+            if not is_password_hash(value):
+                raise table.error("password_hash",
+                                  "not pbkdf2_sha256$<iterations>$<salt>$<hash> "
+                                  "(make one with exchange-emu hash-password)")
+            return value
+        if table.has("password"):
+            return hash_password(table.string("password"), iterations=1000)
+        return None
 
     def load_send_connectors(self) -> tuple[SendConnector, ...]:
         connectors: list[SendConnector] = []

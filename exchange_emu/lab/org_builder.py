@@ -23,6 +23,8 @@ class ServerSpec:
     version: str | None = None
     local_domains: tuple[str, ...] = ()
     database_url: str | None = None
+    client_port: int | None = None
+    """A ``Client <NAME>`` submission connector (AUTH LOGIN/PLAIN) on this port."""
 
     @property
     def fqdn(self) -> str:
@@ -56,6 +58,7 @@ class RecipientSpec:
     display_name: str | None = None
     database: str | None = None
     server: str | None = None
+    password: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,12 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             text += f"local_domains = {_strings(server.local_domains)}\n"
         if server.database_url is not None:
             text += f'database_url = "{server.database_url}"\n'
+        if server.client_port is not None:
+            text += (f'[[servers.receive_connectors]]\nname = "Default {server.name}"\n'
+                     f'bind = "127.0.0.1:{server.port}"\n'
+                     f'[[servers.receive_connectors]]\nname = "Client {server.name}"\n'
+                     f'bind = "127.0.0.1:{server.client_port}"\nusage = "Client"\n'
+                     'auth_mechanisms = ["LOGIN", "PLAIN"]\n')
         lines.append(text)
     for database in spec.mailbox_databases:
         lines.append(
@@ -116,6 +125,8 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             text += f'database = "{recipient.database}"\n'
         if recipient.server is not None:
             text += f'server = "{recipient.server}"\n'
+        if recipient.password is not None:
+            text += f'password = "{recipient.password}"\n'
         lines.append(text)
     for connector in spec.send_connectors:
         lines.append(

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, Server
@@ -18,6 +19,7 @@ from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
 from exchange_emu.logs.tracking_log import MessageTrackingLog
 from exchange_emu.mailbox.migrations import MAILBOX_MIGRATIONS
+from exchange_emu.mailbox.operations import DELIVERED_TO_RETENTION
 from exchange_emu.mailbox.store import MailboxStore, OutboxItem
 from exchange_emu.mailbox.store_driver import MailboxStoreDriverFactory
 from exchange_emu.mailbox.submission import MailSubmissionService, Submission
@@ -25,6 +27,9 @@ from exchange_emu.storage import QueueDatabase
 from exchange_emu.storedriver.commands import Redeliver, ReplicationStatus, UnknownMailbox
 
 log = Logger()
+
+DELIVERED_TO_SWEEP = 3600.0
+"""How often DeliveredTo entries past their retention are removed (seconds)."""
 
 
 class MailboxServer(service.MultiService):
@@ -46,6 +51,7 @@ class MailboxServer(service.MultiService):
         self.tracking = MessageTrackingLog(logs / "MessageTracking", server_name=server.fqdn,
                                            clock=self.clock)
         self.submission = MailSubmissionService(self.clock, on_taken=self._taken)
+        self._expiry: LoopingCall | None = None
         DatabaseService(self.database, server.name).setServiceParent(self)
         if server.store_driver is not None:
             Listener(server.name, "store driver", server.store_driver,
@@ -64,10 +70,21 @@ class MailboxServer(service.MultiService):
         """Mailboxes from the organization file; Outbox items left from before go out."""
         await self.store.ensure_mailboxes(mailboxes)
         for item in await self.store.pending_outbox():
-            self.submission.submit(Submission(item.item_id, item.database, item.message_id))
+            self.submission.submit(Submission(item.item_id, item.database, item.message_id,
+                                              item.mailbox, (), item.subject or ""))
+        self._expiry = LoopingCall(self._expire_delivered_to)
+        self._expiry.clock = self.clock
+        self._expiry.start(DELIVERED_TO_SWEEP, now=True).addErrback(
+            lambda f: log.failure("DeliveredTo expiry failed", f))
+
+    def _expire_delivered_to(self) -> Deferred[int]:
+        """DeliveredTo entries are kept 7 days, then duplicate detection forgets them."""
+        return self.store.expire_delivered_to(self.clock.seconds() - DELIVERED_TO_RETENTION)
 
     def stopService(self) -> Any:
         self.submission.stop()
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
         d = super().stopService()
 
         def close(result: object) -> object:

@@ -37,6 +37,10 @@ class ServerSettings:
     """A ``Client <SERVER>`` connector: no XSHADOW, XEXCH50 or X-ANONYMOUSTLS."""
     tls: object | None = None
     """A server TLS context factory; STARTTLS/X-ANONYMOUSTLS only when set."""
+    auth_mechanisms: tuple[str, ...] = ()
+    """SASL mechanisms offered (``AUTH LOGIN PLAIN``); PLAIN and LOGIN are implemented."""
+    require_authentication: bool = False
+    """``MAIL`` needs a successful ``AUTH`` first (a Client connector)."""
     software_version: str = "14.3.123.4"
 
 
@@ -56,6 +60,8 @@ class SessionInfo:
     org_server: bool = False
     shadow_context: str | None = None
     """The ``XSHADOW`` context the peer gave (base64 text), if it asked to shadow."""
+    authenticated_as: str | None = None
+    """The mailbox the client authenticated as (``AUTH``), if any."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,9 @@ class IReceivePolicy(Interface):
     def accept(message: ReceivedMessage) -> Deferred[Acceptance | Reply]:
         """Commit the message; fire with an ``Acceptance`` only once it is
         durable (or a refusal ``Reply``). May hold the answer (delayed ack)."""
+
+    def authenticate(session: SessionInfo, username: str, password: str) -> object:
+        """True (or a Deferred firing True) when the credentials are a mailbox's."""
 
     def take_discards(session: SessionInfo, maximum: int) -> Deferred[list[str]]:
         """Hand over (and forget) at most ``maximum`` discard notifications

@@ -90,6 +90,13 @@ XEXCH50_OK = r(250, "2.0.0 XEXCH50 OK")
 TIMED_OUT = r(421, "4.4.1 Connection timed out")
 TOO_MANY_ERRORS = r(421, "4.7.0 Too many errors on this connection, closing transmission channel")
 BINARYMIME_NEEDS_BDAT = r(503, "5.5.1 Bad sequence of commands: BODY=BINARYMIME requires BDAT")
+AUTH_OK = r(235, "2.7.0 Authentication successful")
+AUTH_FAILED = r(535, "5.7.3 Authentication unsuccessful")
+AUTH_UNKNOWN_MECHANISM = r(504, "5.7.4 Unrecognized authentication type")
+AUTH_ALREADY = r(503, "5.5.1 Already authenticated")
+AUTH_CANCELLED = r(501, "5.0.0 Authentication cancelled")
+AUTH_REQUIRED = r(530, "5.7.1 Client was not authenticated")
+SEND_AS_DENIED = r(550, "5.7.60 SMTP; Client does not have permissions to send as this sender")
 LOCAL_ERROR = r(451, "4.7.0 Temporary server error. Please try again later")
 HELP = Reply(
     214,

@@ -9,6 +9,8 @@ later pipelined input waits in the buffer, so replies never change order.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.parser
 import email.policy
 import itertools
@@ -112,6 +114,7 @@ class ExchangeESMTP(Protocol):
         self._idle_timer: IDelayedCall | None = None
         self._session_timer: IDelayedCall | None = None
         self._paused_transport = False
+        self._auth_continuation: Callable[[str], Any] | None = None
 
     # -- connection -----------------------------------------------------
 
@@ -241,6 +244,11 @@ class ExchangeESMTP(Protocol):
         if len(line) > limit:
             self._protocol_error(replies.LINE_TOO_LONG)
             return True
+        if self._auth_continuation is not None:
+            continuation, self._auth_continuation = self._auth_continuation, None
+            self.protocol_log.received("****")
+            self._respond(continuation(line.decode("utf-8", "replace")))
+            return True
         self._command(line)
         return True
 
@@ -307,6 +315,8 @@ class ExchangeESMTP(Protocol):
             keywords.append("STARTTLS")
             if not s.client_connector:
                 keywords.append("X-ANONYMOUSTLS")
+        if self._mechanisms():
+            keywords.append("AUTH " + " ".join(self._mechanisms()))
         keywords += ["8BITMIME", "BINARYMIME", "CHUNKING"]
         if org:
             keywords.append("XEXCH50")
@@ -364,7 +374,8 @@ class ExchangeESMTP(Protocol):
         # the handshake: discard it, never execute it.
         self._buffer = b""
         self.transport.startTLS(self.settings.tls)  # type: ignore[union-attr]
-        self.session = self._with(tls=True, helo=None, esmtp=False, shadow_context=None)
+        self.session = self._with(tls=True, helo=None, esmtp=False, shadow_context=None,
+                                  authenticated_as=None)
         self._xshadow_used = False
         self.protocol_log.info("TLS negotiation started")
         return None
@@ -376,6 +387,74 @@ class ExchangeESMTP(Protocol):
         if self.settings.client_connector:
             return replies.UNRECOGNIZED
         return self._start_tls(argument)
+
+    # -- AUTH (client submission) -------------------------------------------------
+
+    def _mechanisms(self) -> tuple[str, ...]:
+        return tuple(m for m in self.settings.auth_mechanisms if m in ("LOGIN", "PLAIN"))
+
+    def smtp_AUTH(self, argument: str) -> Reply | Deferred[Any] | None:
+        """AUTH PLAIN [response] / AUTH LOGIN against the organization's mailboxes."""
+        assert self.session is not None
+        if self.session.helo is None:
+            return replies.SEND_HELLO_FIRST
+        if not self._mechanisms():
+            return replies.UNRECOGNIZED
+        if self.session.authenticated_as is not None:
+            return replies.AUTH_ALREADY
+        if self._transaction is not None:
+            return replies.BAD_SEQUENCE
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in self._mechanisms():
+            return replies.AUTH_UNKNOWN_MECHANISM
+        if mechanism == "PLAIN":
+            if initial:
+                return self._auth_plain(initial)
+            self._auth_continuation = self._auth_plain
+            return replies.r(334, "")
+        username: list[str] = []
+
+        def got_username(line: str) -> Reply | None:
+            decoded = _b64(line)
+            if line == "*" or decoded is None:
+                return replies.AUTH_CANCELLED
+            username.append(decoded)
+            self._auth_continuation = got_password
+            return replies.r(334, "UGFzc3dvcmQ6")
+
+        def got_password(line: str) -> Reply | Deferred[Any]:
+            decoded = _b64(line)
+            if line == "*" or decoded is None:
+                return replies.AUTH_CANCELLED
+            return self._check_credentials(username[0], decoded)
+
+        if initial:
+            return got_username(initial)
+        self._auth_continuation = got_username
+        return replies.r(334, "VXNlcm5hbWU6")
+
+    def _auth_plain(self, response: str) -> Reply | Deferred[Any]:
+        decoded = _b64(response)
+        if response == "*" or decoded is None or decoded.count("\0") != 2:
+            return replies.AUTH_CANCELLED
+        _authzid, username, password = decoded.split("\0")
+        return self._check_credentials(username, password)
+
+    def _check_credentials(self, username: str, password: str) -> Deferred[Any]:
+        assert self.session is not None
+        session = self.session
+
+        def decided(ok: Any) -> Reply:
+            if not ok:
+                self.protocol_log.info(f"AUTH failed for {username!r}")
+                return replies.AUTH_FAILED
+            self.session = self._with(authenticated_as=username)
+            self.protocol_log.info(f"authenticated as {username}")
+            return replies.AUTH_OK
+
+        return maybeDeferred(self.policy.authenticate, session, username, password).addCallback(
+            decided)
 
     # -- shadow redundancy verbs -------------------------------------------
 
@@ -469,10 +548,15 @@ class ExchangeESMTP(Protocol):
             return replies.SEND_HELLO_FIRST
         if self._transaction is not None:
             return replies.SENDER_ALREADY_SPECIFIED
+        if self.settings.require_authentication and self.session.authenticated_as is None:
+            return replies.AUTH_REQUIRED
         try:
             command = parse_path_command(argument, "FROM")
         except EnvelopeSyntaxError:
             return replies.INVALID_SENDER
+        authenticated = self.session.authenticated_as
+        if authenticated is not None and command.address.lower() != authenticated.lower():
+            return replies.SEND_AS_DENIED
         params = command.params
         refusal = self._check_mail_params(params)
         if refusal is not None:
@@ -718,6 +802,14 @@ class ExchangeESMTP(Protocol):
             f"{self.settings.fqdn} ({self.session.local_ip}) with Microsoft SMTP Server{tls} "
             f"id {self.settings.software_version}; {rfc2822_date(self.clock.seconds())}\r\n"
         ).encode("utf-8", "surrogateescape")
+
+
+def _b64(text: str) -> str | None:
+    """Decode a base64 SASL line (None when it is not base64 of UTF-8)."""
+    try:
+        return base64.b64decode(text.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def _no_delay(transport: Any) -> None:

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from exchange_emu.directory import Organization, ReceiveConnector, Server
+from exchange_emu.directory.passwords import verify_password
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
 from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
 from exchange_emu.smtp import replies
@@ -71,6 +72,13 @@ class TransportReceivePolicy:
     def check_sender(self, session: SessionInfo, sender: str, params: Any) -> None:
         return None
 
+    def authenticate(self, session: SessionInfo, username: str, password: str) -> bool:
+        """A mailbox of the organization with that password (hashed in the file)."""
+        recipient = self.organization.recipient(username)
+        if recipient is None or recipient.password_hash is None:
+            return False
+        return verify_password(recipient.password_hash, password)
+
     def check_recipient(self, session: SessionInfo, sender: str, rcpt: Recipient) -> Reply | None:
         if session.org_server:
             return None
@@ -119,6 +127,9 @@ class TransportReceivePolicy:
         if message.shadow_message_id:
             # D.4.2: this server records the message as shadowed on the sender.
             custom = scenario_step("D.4.2", shadow_message_id=message.shadow_message_id)
+        elif session.authenticated_as is not None:
+            # A: a client's submission; nothing shadows this leg.
+            custom = scenario_step("A", shadow="none", user=session.authenticated_as)
         else:
             # F.3: a peer without shadow redundancy simply sends the message.
             custom = scenario_step("F.3")

@@ -46,6 +46,8 @@ def receive_settings(
         connection_inactivity_timeout=connector.connection_inactivity_timeout,
         client_connector=connector.usage == "Client",
         tls=tls,
+        auth_mechanisms=connector.auth_mechanisms,
+        require_authentication=connector.usage == "Client",
     )
 
 
