@@ -420,7 +420,7 @@ def org(tmp_path: Path, queue_db: QueueDbUrl) -> Path:
     """MBX01 (store at ``queue_db``) with DB01 holding alice and bob; dave lives on LEGACY01."""
     spec = OrgSpec(
         [
-            ServerSpec("MBX01", "mailbox", 32601, database_url=queue_db.url),
+            ServerSpec("MBX01", "mailbox", 32601, mailbox_store_url=queue_db.url),
             ServerSpec("HUB01", "hub", 32525),
             ServerSpec("LEGACY01", "legacy", 32540, site=None, version="2007",
                        local_domains=("legacy.contoso.test",)),

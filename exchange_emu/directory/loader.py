@@ -77,6 +77,7 @@ SERVER_KEYS: Final = (
     "admin",
     "data_dir",
     "database_url",
+    "mailbox_store_url",
     "local_domains",
     "receive_connectors",
 )
@@ -389,6 +390,15 @@ class _Loader:
         database_url = table.string("database_url", f"sqlite:///{data_dir / 'queue.db'}")
         if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", database_url):
             raise table.error("database_url", f"{database_url!r} is not a SQLAlchemy URL")
+        mailbox_store_url = None
+        if "mailbox" in roles:
+            mailbox_store_url = table.string("mailbox_store_url",
+                                             f"sqlite:///{data_dir / 'mailbox.db'}")
+            if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", mailbox_store_url):
+                raise table.error("mailbox_store_url",
+                                  f"{mailbox_store_url!r} is not a SQLAlchemy URL")
+        elif table.has("mailbox_store_url"):
+            raise table.error("mailbox_store_url", "only mailbox servers have a mailbox store")
 
         local_domains: list[str] = []
         for index, text in enumerate(table.strings("local_domains")):
@@ -412,6 +422,7 @@ class _Loader:
             site=site,
             data_dir=data_dir,
             database_url=database_url,
+            mailbox_store_url=mailbox_store_url,
             version=version,
             smtp=smtp,
             store_driver=store_driver,
@@ -672,6 +683,13 @@ class _Loader:
                     f"{key}.database_url",
                     f"already the queue database of {seen_urls[server.database_url]}",
                 )
+            if server.mailbox_store_url is not None:
+                if server.mailbox_store_url in seen_urls or (
+                        server.mailbox_store_url == server.database_url):
+                    raise OrganizationFileError(
+                        self.file, f"{key}.mailbox_store_url",
+                        "already in use as another database of the organization")
+                seen_urls[server.mailbox_store_url] = server.name
             seen_dirs[server.data_dir] = server.name
             seen_urls[server.database_url] = server.name
 

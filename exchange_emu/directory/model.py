@@ -191,6 +191,8 @@ class Server:
     site: str | None
     data_dir: Path
     database_url: str
+    mailbox_store_url: str | None = None
+    """A mailbox server's store (its mailbox databases); default ``<data_dir>/mailbox.db``."""
     version: str = "2010"
     smtp: Address | None = None
     store_driver: Address | None = None

@@ -23,6 +23,7 @@ class ServerSpec:
     version: str | None = None
     local_domains: tuple[str, ...] = ()
     database_url: str | None = None
+    mailbox_store_url: str | None = None
     client_port: int | None = None
     """A ``Client <NAME>`` submission connector (AUTH LOGIN/PLAIN) on this port."""
 
@@ -106,6 +107,8 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             text += f"local_domains = {_strings(server.local_domains)}\n"
         if server.database_url is not None:
             text += f'database_url = "{server.database_url}"\n'
+        if server.mailbox_store_url is not None:
+            text += f'mailbox_store_url = "{server.mailbox_store_url}"\n'
         if server.client_port is not None:
             text += (f'[[servers.receive_connectors]]\nname = "Default {server.name}"\n'
                      f'bind = "127.0.0.1:{server.port}"\n'

@@ -116,3 +116,10 @@ class NullMessageTrackingLog:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def server_tracking_log(data_dir: Path, fqdn: str, clock: IReactorTime) -> MessageTrackingLog:
+    """A server's message tracking log, where Exchange keeps it under the server's data
+    directory (``TransportRoles/Logs/MessageTracking``); all its roles write to it."""
+    return MessageTrackingLog(Path(data_dir) / "TransportRoles" / "Logs" / "MessageTracking",
+                              server_name=fqdn, clock=clock)

@@ -58,7 +58,8 @@ def locate_mailbox(organization: Organization, address: str) -> MailboxLocation:
         raise MailboxReportError(f"no mailbox database {recipient.database} in the organization")
     server = organization.server(database.server)
     return MailboxLocation(
-        recipient.address, recipient.display_name, database.name, server.name, server.database_url
+        recipient.address, recipient.display_name, database.name, server.name,
+        server.mailbox_store_url or server.database_url
     )
 
 

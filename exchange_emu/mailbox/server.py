@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -17,7 +16,7 @@ from twisted.logger import Logger
 from exchange_emu.directory import Organization, Server
 from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
-from exchange_emu.logs.tracking_log import MessageTrackingLog
+from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
 from exchange_emu.mailbox.migrations import MAILBOX_MIGRATIONS
 from exchange_emu.mailbox.operations import DELIVERED_TO_RETENTION
 from exchange_emu.mailbox.store import MailboxStore, OutboxItem
@@ -36,7 +35,8 @@ class MailboxServer(service.MultiService):
     """A mailbox server: databases, mailboxes, Outbox submission, store-driver delivery."""
 
     def __init__(self, organization: Organization, server: Server, reactor: Any,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None,
+                 tracking_log: MessageTrackingLog | None = None) -> None:
         super().__init__()
         self.organization = organization
         self.server = server
@@ -44,12 +44,12 @@ class MailboxServer(service.MultiService):
         self.setName(server.name)
         self.databases = [d.name for d in organization.mailbox_databases.values()
                           if d.server == server.name]
-        self.database = QueueDatabase(server.database_url, reactor=reactor,
-                                      migrations=MAILBOX_MIGRATIONS)
+        self.database = QueueDatabase(server.mailbox_store_url or server.database_url,
+                                      reactor=reactor, migrations=MAILBOX_MIGRATIONS)
         self.store = MailboxStore(self.database)
-        logs = Path(server.data_dir) / "TransportRoles" / "Logs"
-        self.tracking = MessageTrackingLog(logs / "MessageTracking", server_name=server.fqdn,
-                                           clock=self.clock)
+        self._owns_tracking_log = tracking_log is None
+        self.tracking = tracking_log or server_tracking_log(
+            server.data_dir, server.fqdn, self.clock)
         self.submission = MailSubmissionService(self.clock, on_taken=self._taken)
         self._expiry: LoopingCall | None = None
         DatabaseService(self.database, server.name).setServiceParent(self)
@@ -88,7 +88,8 @@ class MailboxServer(service.MultiService):
         d = super().stopService()
 
         def close(result: object) -> object:
-            self.tracking.close()
+            if self._owns_tracking_log:
+                self.tracking.close()
             return result
 
         return d.addBoth(close)

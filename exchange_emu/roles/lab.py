@@ -10,14 +10,10 @@ from typing import Any
 
 from twisted.application import service
 
-from exchange_emu.directory import Organization, Server
-from exchange_emu.mailbox.server import MailboxServer
-from exchange_emu.roles.not_built import NotImplementedRole
+from exchange_emu.directory import Organization
 from exchange_emu.roles.options import OrganizationOptions
+from exchange_emu.roles.server_services import ExchangeServer
 from exchange_emu.startup import ExitOnStartupError
-from exchange_emu.transport.server import TransportServer
-
-BUILT_ROLES = ("hub", "edge")
 
 
 class Options(OrganizationOptions):
@@ -47,14 +43,6 @@ def server_table(organization: Organization) -> str:
     )
 
 
-def server_service(organization: Organization, server: Server, reactor: Any) -> service.IService:
-    if server.roles & set(BUILT_ROLES):
-        return TransportServer(organization, server, reactor)
-    if "mailbox" in server.roles:
-        return MailboxServer(organization, server, reactor)
-    return NotImplementedRole(server.name, ",".join(sorted(server.roles)))
-
-
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -63,5 +51,5 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     organization = options.organization("exchange-lab")
     top = ExitOnStartupError("exchange-lab")
     for server in organization.servers.values():
-        server_service(organization, server, reactor).setServiceParent(top)
+        ExchangeServer(organization, server, reactor).setServiceParent(top)
     return top

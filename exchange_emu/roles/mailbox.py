@@ -6,8 +6,8 @@ from typing import Any
 
 from twisted.application import service
 
-from exchange_emu.mailbox.server import MailboxServer
 from exchange_emu.roles.options import ServerOptions
+from exchange_emu.roles.server_services import ExchangeServer
 from exchange_emu.startup import ExitOnStartupError
 
 
@@ -28,5 +28,5 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         reactor = default_reactor
     organization, server = options.server("exchange-mailbox", "mailbox")
     top = ExitOnStartupError("exchange-mailbox")
-    MailboxServer(organization, server, reactor).setServiceParent(top)
+    ExchangeServer(organization, server, reactor).setServiceParent(top)
     return top

@@ -7,8 +7,8 @@ from typing import Any
 from twisted.application import service
 
 from exchange_emu.roles.options import ServerOptions
+from exchange_emu.roles.server_services import ExchangeServer
 from exchange_emu.startup import ExitOnStartupError
-from exchange_emu.transport.server import TransportServer
 
 
 def make_transport_service(
@@ -20,5 +20,5 @@ def make_transport_service(
         reactor = default_reactor
     organization, server = options.server(program, role)
     top = ExitOnStartupError(program)
-    TransportServer(organization, server, reactor).setServiceParent(top)
+    ExchangeServer(organization, server, reactor).setServiceParent(top)
     return top

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from exchange_emu.directory import Organization, ReceiveConnector, Server
 from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.protocol_log import ProtocolLog
-from exchange_emu.logs.tracking_log import MessageTrackingLog
+from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
@@ -54,7 +54,8 @@ def receive_settings(
 class TransportServer(service.MultiService):
     """A hub or edge transport server: queue database, logs, receive connectors."""
 
-    def __init__(self, organization: Organization, server: Server, reactor: Any) -> None:
+    def __init__(self, organization: Organization, server: Server, reactor: Any,
+                 tracking_log: MessageTrackingLog | None = None) -> None:
         super().__init__()
         self.organization = organization
         self.server = server
@@ -64,9 +65,8 @@ class TransportServer(service.MultiService):
         self.store = QueueStore(self.database)
         clock: IReactorTime = reactor
         logs = Path(server.data_dir) / "TransportRoles" / "Logs"
-        self.tracking_log = MessageTrackingLog(
-            logs / "MessageTracking", server_name=server.fqdn, clock=clock
-        )
+        self._owns_tracking_log = tracking_log is None
+        self.tracking_log = tracking_log or server_tracking_log(server.data_dir, server.fqdn, clock)
         self.receive_log = ProtocolLog(logs / "ProtocolLog", kind="SmtpReceive", clock=clock)
         self.send_log = ProtocolLog(logs / "ProtocolLog", kind="SmtpSend", clock=clock)
         DatabaseService(self.database, server.name).setServiceParent(self)
@@ -114,7 +114,8 @@ class TransportServer(service.MultiService):
         d = super().stopService()
 
         def close_logs(result: object) -> object:
-            self.tracking_log.close()
+            if self._owns_tracking_log:
+                self.tracking_log.close()
             self.receive_log.close()
             self.send_log.close()
             return result
