@@ -83,3 +83,22 @@ def two_site_org(directory: Path, *, heartbeat: str = "00:00:01",
                    "ShadowHeartbeatRetryCount": retry_count, **FAST_RETRY},
     )
     return write_org(directory / "two-site.toml", spec), ports
+
+
+def mixed_role_org(directory: Path, *, with_hub02: bool = True) -> tuple[Path, dict[str, int]]:
+    """Site-A: EX01 carries the hub and mailbox roles (DB01: alice, bob), and (unless
+    ``with_hub02`` is false) HUB02 is a second hub."""
+    names = ["EX01", "EX01-SD", "HUB02"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    servers = [ServerSpec("EX01", "hub,mailbox", ports["EX01"],
+                          store_driver_port=ports["EX01-SD"])]
+    if with_hub02:
+        servers.append(ServerSpec("HUB02", "hub", ports["HUB02"]))
+    spec = OrgSpec(
+        servers,
+        mailbox_databases=[MailboxDatabaseSpec("DB01", "EX01")],
+        recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01"),
+                    RecipientSpec("bob@contoso.test", "Bob", database="DB01")],
+        transport={"ShadowHeartbeatTimeoutInterval": "00:00:01", **FAST_RETRY},
+    )
+    return write_org(directory / "mixed.toml", spec), ports

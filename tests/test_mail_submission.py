@@ -96,3 +96,22 @@ def test_owned_item_is_not_resubmitted_when_its_hub_leaves():
     service.hub_disconnected(hub1)
     clock.advance(10)
     assert taken == [(3, "HUB01")] and hub2.notified == []
+
+
+def test_a_hub_on_the_same_server_is_used_only_when_no_other_hub_takes_it():
+    """Hub and mailbox on one server: submission prefers another hub of the site."""
+    local, other = FakeHub("EX01"), FakeHub("HUB02", "dead")
+    clock = Clock()
+    taken: list[tuple[int, str]] = []
+    service = MailSubmissionService(clock, local_hub="EX01",
+                                    on_taken=lambda i, hub, at: taken.append((i.item_id, hub)))
+    service.hub_connected(local)
+    service.hub_connected(other)
+    service.submit(item(1))
+    clock.advance(0)
+    assert other.notified == [1]  # asked first although connected second
+    assert taken == [(1, "EX01")]  # it did not answer: the local hub, as the fallback
+    other.answer = "take"
+    service.submit(item(2))
+    clock.advance(0)
+    assert taken[-1] == (2, "HUB02") and local.notified == [1]

@@ -168,3 +168,45 @@ def test_client_submission_connector_authenticates_and_never_shadows(lab):
                                     and e.event_id == "RECEIVE")
     assert received[0].step == "A" and received[0].custom_data["shadow"] == "none"
     wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
+
+
+@pytest.mark.parametrize("with_hub02", [True, False])
+def test_hub_and_mailbox_on_one_server_keep_the_shadow_off_the_box(tmp_path, with_hub02):
+    """EX01 is hub and mailbox server. Its Mail Submission service prefers HUB02, and its
+    hub delivers to its own database through HUB02, so the copy that protects the message
+    is never on the box that holds it. Alone in the site, EX01 does both itself."""
+    import smtplib
+
+    from org_files import mixed_role_org
+
+    config, ports = mixed_role_org(tmp_path, with_hub02=with_hub02)
+    process_lab = ProcessLab(config, tmp_path)
+    try:
+        process_lab.start("EX01", *(["HUB02"] if with_hub02 else []))
+        result = subprocess.run(
+            [EXE, "send", "--config", str(config), "--from", "alice@contoso.test", "--to",
+             "bob@contoso.test", "--subject", "same box"], capture_output=True, text=True,
+            timeout=60)
+        assert result.returncode == 0, result.stderr
+        mid = re.search(r"(<[^>]+>)", result.stdout).group(1)
+        submitted = process_lab.wait_for("EX01", lambda e: e.message_id == mid
+                                         and e.step == "B.1")
+        expected_hub = "HUB02" if with_hub02 else "EX01"
+        assert submitted[0].custom_data["hub"] == expected_hub
+        process_lab.wait_for(expected_hub, lambda e: e.message_id == mid
+                             and e.event_id == "DELIVER")
+        wait_in_folder(process_lab, config, "bob@contoso.test", "Inbox", mid)
+
+        with smtplib.SMTP("127.0.0.1", ports["EX01"], timeout=10) as client:
+            client.sendmail("app@contoso.test", ["bob@contoso.test"],
+                            b"Message-ID: <into-ex01@contoso.test>\r\nSubject: in\r\n\r\nx\r\n")
+        mid = "<into-ex01@contoso.test>"
+        process_lab.wait_for(expected_hub, lambda e: e.message_id == mid
+                             and e.event_id == "DELIVER")
+        if with_hub02:  # EX01 relayed it to HUB02 and kept the shadow copy
+            sent = process_lab.wait_for("EX01", lambda e: e.message_id == mid
+                                        and e.event_id == "HAREDIRECT")
+            assert sent[0].custom_data["primary"] == "HUB02"
+        wait_in_folder(process_lab, config, "bob@contoso.test", "Inbox", mid)
+    finally:
+        process_lab.stop_all()

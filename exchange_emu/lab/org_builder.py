@@ -24,6 +24,8 @@ class ServerSpec:
     local_domains: tuple[str, ...] = ()
     database_url: str | None = None
     mailbox_store_url: str | None = None
+    store_driver_port: int | None = None
+    """For a server with both hub and mailbox roles (``role="hub,mailbox"``)."""
     client_port: int | None = None
     """A ``Client <NAME>`` submission connector (AUTH LOGIN/PLAIN) on this port."""
 
@@ -97,8 +99,11 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
                  "default = true\n")
     for server in spec.servers:
         listener = "store_driver" if server.role == "mailbox" else "smtp"
+        roles = _strings(server.role.split(","))
         text = (f'[[servers]]\nname = "{server.name}"\nfqdn = "{server.fqdn}"\n'
-                f'roles = ["{server.role}"]\n{listener} = "127.0.0.1:{server.port}"\n')
+                f'roles = {roles}\n{listener} = "127.0.0.1:{server.port}"\n')
+        if server.store_driver_port is not None:
+            text += f'store_driver = "127.0.0.1:{server.store_driver_port}"\n'
         if server.site is not None and server.role != "edge":
             text += f'site = "{server.site}"\n'
         if server.version is not None:

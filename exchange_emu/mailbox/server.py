@@ -41,7 +41,7 @@ class MailboxServer(service.MultiService):
         self.organization = organization
         self.server = server
         self.clock: IReactorTime = clock if clock is not None else reactor
-        self.setName(server.name)
+        self.setName(f"{server.name} mailbox")
         self.databases = [d.name for d in organization.mailbox_databases.values()
                           if d.server == server.name]
         self.database = QueueDatabase(server.mailbox_store_url or server.database_url,
@@ -50,7 +50,9 @@ class MailboxServer(service.MultiService):
         self._owns_tracking_log = tracking_log is None
         self.tracking = tracking_log or server_tracking_log(
             server.data_dir, server.fqdn, self.clock)
-        self.submission = MailSubmissionService(self.clock, on_taken=self._taken)
+        self.submission = MailSubmissionService(
+            self.clock, on_taken=self._taken,
+            local_hub=server.name if server.has_role("hub") else None)
         self._expiry: LoopingCall | None = None
         DatabaseService(self.database, server.name).setServiceParent(self)
         if server.store_driver is not None:

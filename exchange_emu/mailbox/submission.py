@@ -46,8 +46,10 @@ class MailSubmissionService:
 
     def __init__(self, clock: IReactorTime, *,
                  on_taken: Callable[[Submission, str, float], None] | None = None,
-                 retry_interval: float = 5.0) -> None:
+                 retry_interval: float = 5.0, local_hub: str | None = None) -> None:
         self.clock = clock
+        self.local_hub = local_hub
+        """This server's own hub role, if it has one: used only when no other hub answers."""
         self.on_taken = on_taken
         self.retry_interval = retry_interval
         self.hubs: list[HubLink] = []
@@ -111,12 +113,14 @@ class MailSubmissionService:
                 self._notify(item)
 
     def pick_hub(self, exclude: set[int]) -> HubLink | None:
-        """The next hub in round-robin order not in ``exclude`` (by identity)."""
-        for _ in range(len(self.hubs)):
-            hub = self.hubs[self._next % len(self.hubs)]
-            self._next += 1
-            if id(hub) not in exclude:
-                return hub
+        """The next hub in round-robin order not in ``exclude`` (by identity). A hub on
+        this very server comes last: the message should leave the box (protocol.md §8)."""
+        for local in (False, True):
+            for _ in range(len(self.hubs)):
+                hub = self.hubs[self._next % len(self.hubs)]
+                self._next += 1
+                if id(hub) not in exclude and (hub.hub == self.local_hub) == local:
+                    return hub
         return None
 
     def _notify(self, item: Submission, tried: set[int] | None = None) -> None:

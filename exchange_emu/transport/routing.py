@@ -86,6 +86,13 @@ class Router:
         database = org.database(database_name)
         assert database is not None
         mailbox_server = org.server(database.server)
+        if mailbox_server.name == self.server.name:
+            # Hub and mailbox on one server: deliver through another hub of the site, so
+            # the shadow copy is never on the same box; locally only when alone.
+            others = self._other_hubs(self.server.site)
+            if others:
+                return NextHop(f"{database.name} via another hub", SMTP,
+                               tuple(_target(s) for s in others), "SmtpRelayWithinAdSite")
         if mailbox_server.site == self.server.site:
             if mailbox_server.store_driver is None:
                 return RoutingFailure(
@@ -98,11 +105,16 @@ class Router:
         assert mailbox_server.site is not None
         return self._to_site(mailbox_server.site)
 
-    def _to_site(self, site: str) -> NextHop | RoutingFailure:
-        hubs = [
+    def _other_hubs(self, site: str | None) -> list[Server]:
+        if site is None:
+            return []
+        return [
             s for s in self.organization.servers_in_site(site)
             if s.has_role("hub") and s.smtp is not None and s.name != self.server.name
         ]
+
+    def _to_site(self, site: str) -> NextHop | RoutingFailure:
+        hubs = self._other_hubs(site)
         if not hubs:
             return RoutingFailure(f"451 4.4.0 Unable to route: no hub in site {site}",
                                   unreachable=True)

@@ -60,7 +60,7 @@ class TransportServer(service.MultiService):
         self.organization = organization
         self.server = server
         self.reactor = reactor
-        self.setName(server.name)
+        self.setName(f"{server.name} transport")
         self.database = QueueDatabase(server.database_url, reactor=reactor)
         self.store = QueueStore(self.database)
         clock: IReactorTime = reactor

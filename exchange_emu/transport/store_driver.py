@@ -123,8 +123,7 @@ class HubStoreDriver(service.MultiService):
         self.accepting = False
         for mailbox_server in organization.servers.values():
             if (mailbox_server.has_role("mailbox") and mailbox_server.site == server.site
-                    and mailbox_server.store_driver is not None
-                    and mailbox_server.name != server.name):
+                    and mailbox_server.store_driver is not None):
                 address = mailbox_server.store_driver
                 endpoint = TCP4ClientEndpoint(reactor, address.host, address.port, timeout=10)
                 factory = _LinkFactory(self, mailbox_server.name)
