@@ -174,9 +174,30 @@ def _run_twisted(coroutine_function: Any) -> Any:
     return result[0] if result else None
 
 
+def _mailbox_server_call(call: Any, what: str) -> Any:
+    """Run ``call(reactor)`` against a mailbox server; its result, or an exit status after
+    a one-line error."""
+    from exchange_emu.mailbox.client import SubmitError
+
+    outcome: list[Any] = []
+
+    async def run(reactor: Any) -> None:
+        try:
+            outcome.append(await call(reactor))
+        except SubmitError as e:
+            outcome.append(e)
+
+    _run_twisted(run)
+    if not outcome:
+        return _error(f"{what} did not complete")
+    if isinstance(outcome[0], SubmitError):
+        return _error(str(outcome[0]))
+    return outcome[0]
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     """Scenario A: a client writes a message into the sender's Outbox (MAPI stand-in)."""
-    from exchange_emu.mailbox.client import SubmitError, compose, submit
+    from exchange_emu.mailbox.client import compose, submit
 
     organization = _load(args.config, args.port_offset)
     if args.file:
@@ -186,18 +207,11 @@ def cmd_send(args: argparse.Namespace) -> int:
             return _error(f"cannot read {args.file}: {e.strerror}")
     else:
         mime = compose(args.sender, args.to, args.subject, args.body)
-    outcome: list[Any] = []
-
-    async def send(reactor: Any) -> None:
-        try:
-            outcome.append(await submit(reactor, organization, args.sender, args.to, mime))
-        except SubmitError as e:
-            outcome.append(e)
-
-    _run_twisted(send)
-    if not outcome or isinstance(outcome[0], SubmitError):
-        return _error(str(outcome[0]) if outcome else "submission did not complete")
-    done = outcome[0]
+    done = _mailbox_server_call(
+        lambda reactor: submit(reactor, organization, args.sender, args.to, mime),
+        "submission")
+    if isinstance(done, int):
+        return done
     print(f"In the Outbox of {args.sender} on {done.mailbox_server}\\{done.database}: "
           f"item {done.item_id}, {done.message_id}")
     return 0
@@ -205,22 +219,15 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_failover(args: argparse.Namespace) -> int:
     """Fail a mailbox database over to its copy; lossy: ask the hubs to redeliver."""
-    from exchange_emu.mailbox.client import SubmitError, failover
+    from exchange_emu.mailbox.client import failover
 
     organization = _load(args.config, args.port_offset)
-    outcome: list[Any] = []
-
-    async def run(reactor: Any) -> None:
-        try:
-            outcome.append(await failover(reactor, organization, args.database,
-                                          lossy=args.lossy, lost_seconds=args.lost_seconds))
-        except SubmitError as e:
-            outcome.append(e)
-
-    _run_twisted(run)
-    if not outcome or isinstance(outcome[0], SubmitError):
-        return _error(str(outcome[0]) if outcome else "failover did not complete")
-    answer = outcome[0]
+    answer = _mailbox_server_call(
+        lambda reactor: failover(reactor, organization, args.database, lossy=args.lossy,
+                                 lost_seconds=args.lost_seconds),
+        "failover")
+    if isinstance(answer, int):
+        return answer
     kind = "lossy" if args.lossy else "lossless"
     print(f"{kind} failover of {args.database}: {answer['lost']} items lost; "
           f"{answer['hubs']} hubs asked to redeliver from their transport dumpsters")
