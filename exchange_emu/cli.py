@@ -174,9 +174,16 @@ def _run_twisted(coroutine_function: Any) -> Any:
     return result[0] if result else None
 
 
+class _Failed(Exception):
+    """A CLI command already printed its one-line error; exit with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
 def _mailbox_server_call(call: Any, what: str) -> Any:
-    """Run ``call(reactor)`` against a mailbox server; its result, or an exit status after
-    a one-line error."""
+    """Run ``call(reactor)`` against a mailbox server and return its result; on failure
+    print the one-line error and raise ``_Failed``."""
     from exchange_emu.mailbox.client import SubmitError
 
     outcome: list[Any] = []
@@ -189,9 +196,9 @@ def _mailbox_server_call(call: Any, what: str) -> Any:
 
     _run_twisted(run)
     if not outcome:
-        return _error(f"{what} did not complete")
+        raise _Failed(_error(f"{what} did not complete"))
     if isinstance(outcome[0], SubmitError):
-        return _error(str(outcome[0]))
+        raise _Failed(_error(str(outcome[0])))
     return outcome[0]
 
 
@@ -210,8 +217,6 @@ def cmd_send(args: argparse.Namespace) -> int:
     done = _mailbox_server_call(
         lambda reactor: submit(reactor, organization, args.sender, args.to, mime),
         "submission")
-    if isinstance(done, int):
-        return done
     print(f"In the Outbox of {args.sender} on {done.mailbox_server}\\{done.database}: "
           f"item {done.item_id}, {done.message_id}")
     return 0
@@ -226,11 +231,34 @@ def cmd_failover(args: argparse.Namespace) -> int:
         lambda reactor: failover(reactor, organization, args.database, lossy=args.lossy,
                                  lost_seconds=args.lost_seconds),
         "failover")
-    if isinstance(answer, int):
-        return answer
     kind = "lossy" if args.lossy else "lossless"
     print(f"{kind} failover of {args.database}: {answer['lost']} items lost; "
           f"{answer['hubs']} hubs asked to redeliver from their transport dumpsters")
+    return 0
+
+
+def cmd_replicated(args: argparse.Namespace) -> int:
+    """A database's copies hold its log up to a time: the hubs' dumpsters let go of older
+    items (what Exchange's replication reports to the transport dumpster)."""
+    import time
+
+    from exchange_emu.admin.tracking import TrackingQuery, TrackingQueryError
+    from exchange_emu.mailbox.client import report_replication
+
+    organization = _load(args.config, args.port_offset)
+    if args.up_to == "now":
+        up_to = time.time()
+    else:
+        try:
+            query = TrackingQuery.from_text(start=args.up_to)
+        except TrackingQueryError as e:
+            return _error(str(e).replace("--start", "--up-to"))
+        assert query.start is not None
+        up_to = query.start.timestamp()
+    hubs = _mailbox_server_call(
+        lambda reactor: report_replication(reactor, organization, args.database, up_to),
+        "replication report")
+    print(f"{args.database} replicated up to {up_to:.3f}; {hubs} hubs told")
     return 0
 
 
@@ -344,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     fail_over.add_argument("--lost-seconds", type=float, default=60.0)
     fail_over.set_defaults(func=cmd_failover)
 
+    replicated = commands.add_parser(
+        "replicated", help="report a database replicated up to a time (dumpster truncation)",
+        description="Tell a mailbox database's server that its copies hold the log up to a "
+        "time; the hubs of its site drop older items from their transport dumpsters.")
+    with_config(replicated)
+    replicated.add_argument("database", metavar="DATABASE")
+    replicated.add_argument("--up-to", default="now", metavar="ISO|now")
+    replicated.set_defaults(func=cmd_replicated)
+
     hashing = commands.add_parser(
         "hash-password", help="make a password_hash for the organization file",
         description="Print a PBKDF2-SHA256 password_hash for a recipient of the organization "
@@ -359,7 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except _Failed as e:
+        return e.status
 
 
 if __name__ == "__main__":

@@ -210,3 +210,29 @@ def test_hub_and_mailbox_on_one_server_keep_the_shadow_off_the_box(tmp_path, wit
         wait_in_folder(process_lab, config, "bob@contoso.test", "Inbox", mid)
     finally:
         process_lab.stop_all()
+
+
+def test_replication_report_empties_the_dumpster(lab):
+    """Items leave the transport dumpster once the database's copies have them."""
+    import sqlalchemy as sa
+
+    process_lab, config = lab
+    process_lab.start("MBX01", "MBX02", "HUB03", "HUB01", "HUB02")
+    mid = send(config, "Replicated")
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
+    url = process_lab.organization.server("HUB03").database_url
+    engine = sa.create_engine(url)
+
+    def dumpster() -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM dumpster")).scalar_one()
+
+    try:
+        assert dumpster() == 1
+        result = subprocess.run([EXE, "replicated", "--config", str(config), "DB02"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "1 hubs told" in result.stdout
+        assert dumpster() == 0
+    finally:
+        engine.dispose()
