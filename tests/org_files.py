@@ -30,7 +30,8 @@ def small_org(directory: Path, hub_port: int, *, database_url: str | None = None
 def chain_org(directory: Path, *, heartbeat: str = "00:00:01", retry_count: int = 2,
               database_urls: dict[str, str] | None = None,
               internet_sources: tuple[str, ...] = ("HUB02",),
-              transport: dict[str, str] | None = None) -> tuple[Path, dict[str, int]]:
+              transport: dict[str, str] | None = None,
+              ack_delay: str = "00:00:03") -> tuple[Path, dict[str, int]]:
     """HUB01 → HUB02 → EDGE01 → INTERNET01 (a foreign sink) for fabrikam.test, and HUB03.
 
     HUB02 is the only source server of the Internet send connector (unless
@@ -40,10 +41,11 @@ def chain_org(directory: Path, *, heartbeat: str = "00:00:01", retry_count: int 
     names = ["HUB01", "HUB02", "HUB03", "EDGE01", "INTERNET01"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     urls = database_urls or {}
-    servers = [ServerSpec(n, "hub", ports[n], database_url=urls.get(n))
+    servers = [ServerSpec(n, "hub", ports[n], database_url=urls.get(n), ack_delay=ack_delay)
                for n in ("HUB01", "HUB02", "HUB03")]
     servers += [
-        ServerSpec("EDGE01", "edge", ports["EDGE01"], site=None, database_url=urls.get("EDGE01")),
+        ServerSpec("EDGE01", "edge", ports["EDGE01"], site=None, database_url=urls.get("EDGE01"),
+                   ack_delay=ack_delay),
         ServerSpec("INTERNET01", "legacy", ports["INTERNET01"], site=None,
                    version="non-exchange", local_domains=("fabrikam.test",)),
     ]

@@ -46,6 +46,7 @@ class FakePolicy:
         self.held: list[Deferred[Any]] = []
         self.discards: dict[str, list[str]] = {}
         self.refuse_recipients: set[str] = set()
+        self.defer_recipients: set[str] = set()
         self.database_guid = DATABASE_GUID
 
     def database_id(self) -> str:
@@ -63,6 +64,8 @@ class FakePolicy:
     def check_recipient(self, session: SessionInfo, sender: str, rcpt: Recipient) -> Reply | None:
         if rcpt.address in self.refuse_recipients:
             return Reply(550, ("5.7.1 Unable to relay",))
+        if rcpt.address in self.defer_recipients:
+            return Reply(451, ("4.3.2 Try again later",))
         return None
 
     def accept(self, message: ReceivedMessage) -> Deferred[Any]:

@@ -48,7 +48,7 @@ class RecordingLog:
         pass
 
 
-class EngineTests(TestCase):
+class EngineHarness(TestCase):
     """HUB01's engine; fake HUB02/HUB03/EDGE01 servers; Internet mail goes via HUB02/HUB03."""
 
     async def start(self, *, retry_count: int = 3, heartbeat: str = "00:00:10",
@@ -137,7 +137,9 @@ class EngineTests(TestCase):
     async def primaries(self) -> dict[str, int]:
         return await self.db.read(shadow_primaries)
 
-    # -- tests -------------------------------------------------------------------------------------
+
+
+class EngineTests(EngineHarness):
 
     async def test_next_hop_250_makes_a_shadow_copy_per_primary(self):
         """D.4.3: after the primary's 250 the message sits in the shadow queue for that

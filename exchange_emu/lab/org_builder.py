@@ -28,6 +28,8 @@ class ServerSpec:
     """For a server with both hub and mailbox roles (``role="hub,mailbox"``)."""
     client_port: int | None = None
     """A ``Client <NAME>`` submission connector (AUTH LOGIN/PLAIN) on this port."""
+    ack_delay: str | None = None
+    """MaxAcknowledgementDelay of the Default connector (TimeSpan text)."""
 
     @property
     def fqdn(self) -> str:
@@ -114,10 +116,13 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             text += f'database_url = "{server.database_url}"\n'
         if server.mailbox_store_url is not None:
             text += f'mailbox_store_url = "{server.mailbox_store_url}"\n'
-        if server.client_port is not None:
+        if server.client_port is not None or server.ack_delay is not None:
             text += (f'[[servers.receive_connectors]]\nname = "Default {server.name}"\n'
-                     f'bind = "127.0.0.1:{server.port}"\n'
-                     f'[[servers.receive_connectors]]\nname = "Client {server.name}"\n'
+                     f'bind = "127.0.0.1:{server.port}"\n')
+            if server.ack_delay is not None:
+                text += f'max_acknowledgement_delay = "{server.ack_delay}"\n'
+        if server.client_port is not None:
+            text += (f'[[servers.receive_connectors]]\nname = "Client {server.name}"\n'
                      f'bind = "127.0.0.1:{server.client_port}"\nusage = "Client"\n'
                      'auth_mechanisms = ["LOGIN", "PLAIN"]\n')
         lines.append(text)

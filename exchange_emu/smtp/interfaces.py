@@ -97,6 +97,8 @@ class Acceptance:
 
     internal_id: int
     message_id: str
+    log_lines: tuple[str, ...] = ()
+    """Information lines for the SmtpReceive protocol log (e.g. the delayed-ack tarpit)."""
 
 
 MaybeDeferredReply = Union[Reply, None, "Deferred[Reply | None]"]

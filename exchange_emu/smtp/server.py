@@ -786,6 +786,8 @@ class ExchangeESMTP(Protocol):
         def answer(result: Acceptance | Reply) -> Reply:
             if isinstance(result, Reply):
                 return result
+            for line in result.log_lines:
+                self.protocol_log.info(line)
             return replies.queued(result.message_id, result.internal_id, self.settings.fqdn)
 
         d = maybeDeferred(self.policy.accept, message)

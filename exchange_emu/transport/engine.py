@@ -34,6 +34,7 @@ from exchange_emu.smtp.interfaces import NullSessionLogFactory, SessionLogFactor
 from exchange_emu.storage import QueueDatabase
 from exchange_emu.storage.queue import record_heartbeat, shadow_primaries
 from exchange_emu.transport import jobs
+from exchange_emu.transport.delayed_ack import DELIVERED, SKIPPED, DelayedAcknowledgement
 from exchange_emu.transport.routing import (
     MAILBOX,
     NextHop,
@@ -102,6 +103,7 @@ class TransportEngine(service.Service):
         self.queues: dict[str, DeliveryQueue] = {}
         self.down_until: dict[str, float] = {}
         self.store_driver: HubStoreDriver | None = None
+        self.delayed_ack: DelayedAcknowledgement | None = None
         self.categorizer = Categorizer(self)
         self.shadow = ShadowRedundancy(self)
         self.stopping = False
@@ -135,6 +137,8 @@ class TransportEngine(service.Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self.stopping = True
+        if self.delayed_ack is not None:
+            self.delayed_ack.release_all()
         for timer in (self._aging, self.shadow.timer, self.categorizer.timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -207,6 +211,11 @@ class TransportEngine(service.Service):
         d.addErrback(lambda f: log.failure("message aging failed", f))
         d.addBoth(lambda _: self._schedule_aging() if not self.stopping else None)
 
+    def skip_delayed_ack(self, internal_id: int, reason: str) -> None:
+        """protocol.md §6: the message cannot reach its next hops soon; acknowledge now."""
+        if self.delayed_ack is not None:
+            self.delayed_ack.resolve(internal_id, SKIPPED, reason)
+
     def report(self, report: jobs.Report, scenario_for_discard: str = "D.4.4") -> None:
         """Tracking rows for what a job did; new DSNs go to the categorizer."""
         for envelope, recipient, reply in report.failed:
@@ -215,6 +224,8 @@ class TransportEngine(service.Service):
             self.tracking.dsn(envelope, kind, dsn_id)
             self.categorizer.add([new_id])
         for settled in report.settled:
+            if settled.deleted and self.delayed_ack is not None:
+                self.delayed_ack.resolve(settled.envelope.internal_id, DELIVERED)
             if settled.discard_queued:
                 scenario = scenario_for_discard if settled.shadowed or scenario_for_discard == (
                     "C.3") else "E.6"
@@ -317,6 +328,7 @@ class Categorizer:
                 elif route.unreachable:
                     decisions.append(jobs.RouteDecision(
                         recipient.id, internal_id, jobs.UNREACHABLE, UNREACHABLE, route.reply))
+                    engine.skip_delayed_ack(internal_id, "unreachable")
                 else:
                     decisions.append(jobs.RouteDecision(
                         recipient.id, internal_id, jobs.FAILED, "", route.reply))
@@ -328,7 +340,14 @@ class Categorizer:
             if len(routed) > 1:
                 engine.tracking.transferred(submitted.envelope, sorted(routed))
             for hop in routed.values():
-                engine.queue(hop).add(submitted.envelope.internal_id)
+                queue = engine.queue(hop)
+                internal_id = submitted.envelope.internal_id
+                if queue.status in ("Retry", "Suspended"):
+                    engine.skip_delayed_ack(internal_id, f"queue {queue.name} in {queue.status}")
+                elif len(queue.items) >= engine.settings.delayed_ack_skip_queue_length:
+                    engine.skip_delayed_ack(internal_id, f"queue {queue.name} holds "
+                                            f"{len(queue.items)} items")
+                queue.add(internal_id)
 
 
 class DeliveryQueue:
@@ -501,18 +520,23 @@ class DeliveryQueue:
                     [reply for _, reply in result.delivered], next_hop=self.name,
                     target_fqdn=target.fqdn or str(target.address),
                     shadowed=result.shadow_message_id is not None,
-                    deleted=bool(s and s.deleted), when=finished.get(internal_id))
+                    deleted=bool(s and s.deleted), when=finished.get(internal_id),
+                    delayed_ack=bool(engine.delayed_ack
+                                     and engine.delayed_ack.held(internal_id)))
             if result.deferred:
                 engine.tracking.deferred(
                     item.envelope, [r.address for r in item.recipients if any(
                         r.id == rid for rid, _ in result.deferred)],
                     result.deferred[0][1], self.name)
                 self.items[internal_id] = retry_at
+                engine.skip_delayed_ack(internal_id, "deferred")
             else:
                 self.items.pop(internal_id, None)
         for envelope, shadow_id in report.shadows_added:
             engine.tracking.shadow_created(envelope, primary or "", shadow_id,
                                            when=finished.get(envelope.internal_id))
+            if primary and engine.delayed_ack and engine.delayed_ack.held(envelope.internal_id):
+                engine.shadow.expedite(primary, envelope.internal_id)
         engine.report(report)
 
     async def _deliver_to_mailbox(self, items: list[jobs.DeliveryItem]) -> None:
@@ -598,6 +622,7 @@ class DeliveryQueue:
             engine.tracking.deferred(item.envelope, [r.address for r in item.recipients],
                                      reply, self.name)
             self.items[item.envelope.internal_id] = now + delay
+            engine.skip_delayed_ack(item.envelope.internal_id, f"queue {self.name} in Retry")
 
 
 class ShadowRedundancy:
@@ -607,6 +632,7 @@ class ShadowRedundancy:
         self.engine = engine
         self.last_contact: dict[str, float] = {}
         self.last_attempt: dict[str, float] = {}
+        self.expedited: dict[str, set[int]] = {}
         self.heartbeats: set[str] = set()
         self.timer: IDelayedCall | None = None
         self.started_at = 0.0
@@ -665,6 +691,29 @@ class ShadowRedundancy:
                 return outcome, target
         return outcome, None
 
+    def expedite(self, primary: str, internal_id: int) -> None:
+        """F.6: a message whose acknowledgement is held is shadowed at ``primary``: ask it
+        for discard notifications soon (and again, backing off) instead of waiting for
+        the heartbeat interval."""
+        waiting = self.expedited.setdefault(primary, set())
+        first = not waiting
+        waiting.add(internal_id)
+        if first:
+            self.engine.clock.callLater(0.2, self._expedited_query, primary, 0.2)
+
+    def _expedited_query(self, primary: str, delay: float) -> None:
+        engine = self.engine
+        held = engine.delayed_ack.waiting if engine.delayed_ack is not None else frozenset()
+        waiting = self.expedited.get(primary, set()) & held
+        if not waiting or engine.stopping:
+            self.expedited.pop(primary, None)
+            return
+        self.expedited[primary] = set(waiting)
+        d = engine.track(_run(self.heartbeat(primary), f"discard query to {primary}"))
+        next_delay = min(delay * 2, 2.0)
+        d.addBoth(lambda _: engine.clock.callLater(next_delay, self._expedited_query,
+                                                   primary, next_delay))
+
     async def heartbeat(self, primary: str) -> None:
         """No session went to ``primary`` for a heartbeat interval: EHLO, XSHADOW,
         XQDISCARD, QUIT — a complete XQDISCARD reply is a successful heartbeat."""
@@ -721,11 +770,15 @@ class ShadowRedundancy:
         """D.5–D.7: the primary handed over discard notifications; drop those shadows."""
         engine = self.engine
         dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
-        for envelope, _deleted, handed in dropped:
-            engine.tracking.discard_queried(envelope, primary, queried_at)
+        for envelope, deleted, handed in dropped:
+            held = engine.delayed_ack is not None and engine.delayed_ack.held(
+                envelope.internal_id)
+            engine.tracking.discard_queried(envelope, primary, queried_at, delayed_ack=held)
             engine.tracking.shadow_discarded(
                 envelope, primary, delivered_to_mailboxes=self._delivers_to_mailboxes(
                     primary, handed))
+            if deleted and engine.delayed_ack is not None:
+                engine.delayed_ack.resolve(envelope.internal_id, DELIVERED)  # F.7
 
     def _delivers_to_mailboxes(self, primary: str, addresses: Sequence[str]) -> bool:
         """Did ``primary`` take these recipients for mailboxes of its own site (scenario

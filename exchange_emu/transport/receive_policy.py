@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from exchange_emu.directory import Organization, ReceiveConnector, Server
 from exchange_emu.directory.passwords import verify_password
-from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
+from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step, scenario_steps
 from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
 from exchange_emu.smtp import replies
 from exchange_emu.smtp.envelope import EnvelopeSyntaxError, decode_shadow_context, domain_of
@@ -32,6 +32,12 @@ from exchange_emu.smtp.interfaces import (
 from exchange_emu.smtp.replies import Reply
 from exchange_emu.storage import NewMessage, QueueStore
 from exchange_emu.storage import Recipient as StoredRecipient
+from exchange_emu.transport.delayed_ack import (
+    DELIVERED,
+    AckOutcome,
+    DelayedAcknowledgement,
+    format_tarpit,
+)
 from exchange_emu.transport.jobs import hand_out_discards
 
 
@@ -48,6 +54,7 @@ class TransportReceivePolicy:
         clock: IReactorTime,
         tracking: MessageTrackingLog | NullMessageTrackingLog | None = None,
         on_submitted: Callable[[int], None] | None = None,
+        delayed_ack: DelayedAcknowledgement | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
@@ -56,6 +63,7 @@ class TransportReceivePolicy:
         self.clock = clock
         self.tracking = tracking or NullMessageTrackingLog()
         self.on_submitted = on_submitted
+        self.delayed_ack = delayed_ack
         self.shadow_redundancy_enabled = organization.transport.shadow_redundancy_enabled
 
     def database_id(self) -> str:
@@ -92,6 +100,7 @@ class TransportReceivePolicy:
             d.callback(replies.HOP_COUNT_EXCEEDED)
             return d
         session = message.session
+        delayed = self._delays_acknowledgement(session)
         new = NewMessage(
             sender=message.sender,
             recipients=tuple(
@@ -112,17 +121,60 @@ class TransportReceivePolicy:
             xexch50=message.xexch50,
             shadow_context=session.shadow_context if message.shadow_message_id else None,
             shadow_message_id=message.shadow_message_id,
+            delayed_ack=delayed,
         )
 
-        def committed(internal_id: int) -> Acceptance:
-            self._track_receive(message, internal_id)
+        def committed(internal_id: int) -> Any:
+            self._track_receive(message, internal_id, delayed)
+            hold = None
+            if delayed and self.delayed_ack is not None:
+                # F.4: committed; the 250 waits for the next hops (or the delay).
+                hold = self.delayed_ack.hold(internal_id,
+                                             self.connector.max_acknowledgement_delay)
             if self.on_submitted is not None:
                 self.on_submitted(internal_id)
-            return Acceptance(internal_id, message.message_id)
+            if hold is None:
+                return Acceptance(internal_id, message.message_id)
 
-        return self.store.accept_message(new).addCallback(committed)
+            def acknowledge(outcome: AckOutcome) -> Acceptance:
+                self._track_acknowledged(message, internal_id, outcome)
+                return Acceptance(internal_id, message.message_id,
+                                  log_lines=(outcome.tarpit_line(),))
 
-    def _track_receive(self, message: ReceivedMessage, internal_id: int) -> None:
+            return hold.addCallback(acknowledge)
+
+        result: Deferred[Acceptance | Reply] = self.store.accept_message(new).addCallback(
+            committed)
+        return result
+
+    def _delays_acknowledgement(self, session: SessionInfo) -> bool:
+        """Scenario F: a peer that did not negotiate XSHADOW gets its 250 only once the
+        message is safe elsewhere (MaxAcknowledgementDelay 0 turns this off)."""
+        return (
+            self.delayed_ack is not None
+            and self.shadow_redundancy_enabled
+            and session.shadow_context is None
+            and session.authenticated_as is None
+            and self.connector.max_acknowledgement_delay > 0
+        )
+
+    def _track_acknowledged(self, message: ReceivedMessage, internal_id: int,
+                            outcome: AckOutcome) -> None:
+        """F.7: the held 250 goes out; F.8: (Delivered) the message is gone from here."""
+        steps = ("F.7", "F.8") if outcome.outcome == DELIVERED else ("F.7",)
+        extra = {"delayed_ack": outcome.outcome, "tarpit": format_tarpit(outcome.held)}
+        if outcome.reason:
+            extra["reason"] = outcome.reason
+        self.tracking.record(TrackingEvent(
+            event_id="RECEIVE", source="SMTP", server_hostname=self.server.fqdn,
+            client_ip=message.session.peer_ip, client_hostname=message.session.helo or "",
+            internal_message_id=str(internal_id), message_id=message.message_id,
+            recipient_address=tuple(r.address for r in message.recipients),
+            sender_address=message.sender, message_subject=message.subject,
+            custom_data=scenario_steps(*steps, **extra)))
+
+    def _track_receive(self, message: ReceivedMessage, internal_id: int,
+                       delayed: bool = False) -> None:
         session = message.session
         if message.shadow_message_id:
             # D.4.2: this server records the message as shadowed on the sender.
@@ -130,6 +182,10 @@ class TransportReceivePolicy:
         elif session.authenticated_as is not None:
             # A: a client's submission; nothing shadows this leg.
             custom = scenario_step("A", shadow="none", user=session.authenticated_as)
+        elif delayed:
+            # F.1–F.3: a peer without shadow redundancy connects and simply sends the
+            # message; F.4: it is committed and marked for delayed acknowledgement.
+            custom = scenario_steps("F.1", "F.2", "F.3", "F.4")
         else:
             # F.3: a peer without shadow redundancy simply sends the message.
             custom = scenario_step("F.3")

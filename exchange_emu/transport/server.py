@@ -22,6 +22,7 @@ from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
 from exchange_emu.transport import jobs
+from exchange_emu.transport.delayed_ack import DelayedAcknowledgement
 from exchange_emu.transport.engine import TransportEngine
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
 from exchange_emu.transport.store_driver import HubStoreDriver
@@ -74,6 +75,7 @@ class TransportServer(service.MultiService):
             organization, server, self.database, TransportTracking(server, self.tracking_log),
             reactor, send_log=self.send_log,
         )
+        self.engine.delayed_ack = self.delayed_ack = DelayedAcknowledgement(clock)
         self.engine.setServiceParent(self)
         if server.has_role("hub") and server.site is not None:
             self.store_driver = HubStoreDriver(
@@ -85,7 +87,7 @@ class TransportServer(service.MultiService):
         for connector in server.receive_connectors:
             policy = TransportReceivePolicy(
                 organization, server, connector, self.store, clock, self.tracking_log,
-                on_submitted=self.engine.submitted,
+                on_submitted=self.engine.submitted, delayed_ack=self.delayed_ack,
             )
             factory = ExchangeESMTPFactory(
                 receive_settings(server, connector), policy, clock, self.receive_log

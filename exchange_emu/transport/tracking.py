@@ -64,7 +64,7 @@ class TransportTracking:
 
     def send(self, envelope: Envelope, recipients: Sequence[str], replies: Sequence[str], *,
              next_hop: str, target_fqdn: str, shadowed: bool, deleted: bool,
-             when: float | None = None) -> None:
+             when: float | None = None, delayed_ack: bool = False) -> None:
         """SEND to the next hop: D.1–D.4.1 on a shadowed session, else E.1–E.4 (E.5
         too when the message is deleted at once). Unlike Exchange, server-hostname
         stays this server (so an organization-wide log shows who sent); the
@@ -73,7 +73,7 @@ class TransportTracking:
             steps: tuple[str, ...] = ("D.1", "D.2", "D.3", "D.4.1")
         else:
             steps = ("E.1", "E.2", "E.3", "E.4") + (("E.5",) if deleted else ())
-        steps = _routed(envelope) + steps
+        steps = _routed(envelope) + (("F.5",) if delayed_ack else ()) + steps
         self._row("SEND", "SMTP", envelope, steps, recipients=recipients, statuses=replies,
                   connector=next_hop, when=when, destination=target_fqdn)
 
@@ -127,14 +127,17 @@ class TransportTracking:
             message_id=message_id, custom_data=scenario_steps(
                 "D.6", shadow_message_id=shadow_id, holder=holder)))
 
-    def discard_queried(self, envelope: Envelope, primary: str, queried_at: float) -> None:
-        """D.5: the query whose reply carried this message's discard notification."""
+    def discard_queried(self, envelope: Envelope, primary: str, queried_at: float,
+                        delayed_ack: bool = False) -> None:
+        """D.5 (F.6 for a held message): the query whose reply carried this message's
+        discard notification."""
+        steps = ("D.5", "F.6") if delayed_ack else ("D.5",)
         self.log.record(TrackingEvent(
             event_id="HADISCARD", source="SMTP", server_hostname=self.server.fqdn,
             date_time=datetime.fromtimestamp(queried_at, UTC),
             internal_message_id=str(envelope.internal_id), message_id=envelope.message_id,
             sender_address=envelope.sender, message_subject=envelope.subject,
-            custom_data=scenario_steps("D.5", primary=primary)))
+            custom_data=scenario_steps(*steps, primary=primary)))
 
     def shadow_discarded(self, envelope: Envelope, primary: str, reason: str = "discard",
                          delivered_to_mailboxes: bool = False) -> None:

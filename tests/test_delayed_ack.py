@@ -1,0 +1,156 @@
+"""Delayed acknowledgement (scenario F) on a task.Clock: HUB01's receive connector
+holds the 250 of a message from a peer without XSHADOW until Delivered, Expired
+or Skipped — the real receive policy and engine, fake next hops on loopback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_transport_engine import EngineHarness
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from exchange_emu.smtp.server import ExchangeESMTPFactory
+from exchange_emu.storage import QueueStore
+from exchange_emu.transport.delayed_ack import DelayedAcknowledgement, format_tarpit
+from exchange_emu.transport.receive_policy import TransportReceivePolicy
+from exchange_emu.transport.routing import RoutingFailure
+from exchange_emu.transport.server import receive_settings
+
+ACK_DELAY = 3.0  # chain_org's MaxAcknowledgementDelay
+
+
+def test_tarpit_time_is_a_dotnet_timespan():
+    assert format_tarpit(25.6394) == "0.00:00:25.639"
+    assert format_tarpit(90061.5) == "1.01:01:01.500"
+
+
+class DelayedAckTests(EngineHarness):
+    async def start_with_client(self, **options: Any) -> None:
+        await self.start(**options)
+        self.engine.delayed_ack = DelayedAcknowledgement(self.clock)
+        connector = self.server.receive_connectors[0]
+        self.policy = TransportReceivePolicy(
+            self.organization, self.server, connector, QueueStore(self.db), self.clock,
+            self.log, on_submitted=self.engine.submitted, delayed_ack=self.engine.delayed_ack)
+        self.protocol_log: list[str] = []
+        harness = self
+
+        class Log:
+            def connected(self) -> None: ...
+            def sent(self, data: str) -> None: ...
+            def received(self, data: str) -> None: ...
+            def disconnected(self) -> None: ...
+
+            def info(self, data: str, context: str = "") -> None:
+                harness.protocol_log.append(data)
+
+        class Logs:
+            def open_session(self, *a: Any) -> Log:
+                return Log()
+
+        factory = ExchangeESMTPFactory(receive_settings(self.server, connector), self.policy,
+                                       self.clock, Logs())
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000),
+                                         hostAddress=IPv4Address("TCP", "127.0.0.1", 25))
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(b"EHLO unix-host.contoso.test\r\n")
+
+    async def send(self, extra: bytes = b"", to: str = "erin@fabrikam.test") -> float:
+        """A message from a peer without XSHADOW; returns when its body was sent."""
+        self.transport.clear()
+        self.proto.dataReceived(b"MAIL FROM:<app@contoso.test>\r\nRCPT TO:<" + to.encode()
+                                + b">\r\nDATA\r\n")
+        self.transport.clear()
+        sent_at = self.clock.seconds()
+        self.proto.dataReceived(b"Subject: F\r\n\r\nhello\r\n.\r\n" + extra)
+        for _ in range(50):  # bounded: let the commit on the database thread come back
+            await self.db.write(lambda conn: None)
+            if self.engine.categorizer.pending or self.engine.delayed_ack.waiting:
+                break
+        await self.settle()
+        return sent_at
+
+    def reply(self) -> bytes:
+        return self.transport.value()
+
+    async def test_delivered_when_the_discard_notification_comes_back(self):
+        """F.4–F.8: held until the primary's discard notification, then 250 at once."""
+        await self.start_with_client()
+        sent_at = await self.send()
+        assert self.reply() == b""  # committed, relayed to HUB02, but still held
+        stored = self.fakes["HUB02"].stored[0].message
+        self.fakes["HUB02"].discards[stored.session.shadow_context] = [
+            stored.shadow_message_id]
+        await self.advance(0.5, step=0.1)  # F.6: an early discard query, not the heartbeat
+        assert self.reply().startswith(b"250 2.6.0 ")
+        line = self.protocol_log[-1]
+        assert line.endswith("due to 'DelayedAck',Delivered")
+        held = float(line.split("'")[1].split(":")[-1])
+        assert 0 < held <= self.clock.seconds() - sent_at
+        steps = [s for e in self.log.events for s in e.steps]
+        assert steps.index("F.6") < steps.index("F.7") < steps.index("F.8")
+
+    async def test_expired_after_max_acknowledgement_delay_exactly(self):
+        await self.start_with_client()
+        sent_at = await self.send()
+        await self.advance(ACK_DELAY - 0.5, step=0.5)
+        assert self.reply() == b""
+        await self.advance(0.5, step=0.5)
+        assert self.reply().startswith(b"250 2.6.0 ")
+        assert self.clock.seconds() - sent_at == ACK_DELAY
+        assert self.protocol_log[-1] == "Tarpit for '0.00:00:03.000' due to 'DelayedAck',Expired"
+
+    async def test_skipped_when_the_next_hop_queue_is_in_retry(self):
+        await self.start_with_client(fakes=())
+        await self.send()
+        assert self.reply().startswith(b"250 2.6.0 ")
+        assert self.protocol_log[-1].endswith("'DelayedAck',Skipped")
+        ack = next(e for e in self.log.events if "F.7" in e.steps)
+        assert ack.custom_data["reason"] == "queue Internet via EDGE01 in Retry"
+
+    async def test_skipped_when_the_message_is_deferred(self):
+        await self.start_with_client()
+        self.fakes["HUB02"].defer_recipients.add("erin@fabrikam.test")
+        self.fakes["HUB03"].defer_recipients.add("erin@fabrikam.test")
+        await self.send()
+        assert self.reply().startswith(b"250 2.6.0 ")
+        ack = next(e for e in self.log.events if "F.7" in e.steps)
+        assert ack.custom_data["reason"] == "deferred"
+
+    async def test_skipped_when_unreachable(self):
+        await self.start_with_client()
+        self.engine.route = lambda address: RoutingFailure("451 4.4.0 no route", True)
+        await self.send()
+        assert self.reply().startswith(b"250 2.6.0 ")
+        ack = next(e for e in self.log.events if "F.7" in e.steps)
+        assert ack.custom_data["reason"] == "unreachable"
+
+    async def test_skipped_when_the_queue_already_holds_enough(self):
+        await self.start_with_client()
+        queue = self.engine.queue(self.engine.route("erin@fabrikam.test"))
+        for fake_id in range(100_000, 100_100):  # 100 items waiting (not ready yet)
+            queue.items[fake_id] = self.clock.seconds() + 3600
+        await self.send()
+        assert self.reply().startswith(b"250 2.6.0 ")
+        ack = next(e for e in self.log.events if "F.7" in e.steps)
+        assert ack.custom_data["reason"].endswith("holds 100 items")
+
+    async def test_pipelined_commands_wait_behind_the_held_reply(self):
+        await self.start_with_client()
+        await self.send(extra=b"NOOP\r\nRSET\r\n")
+        assert self.reply() == b""
+        await self.advance(ACK_DELAY, step=0.5)
+        lines = self.reply().decode().split("\r\n")
+        assert lines[0].startswith("250 2.6.0 ")
+        assert lines[1:3] == ["250 2.0.0 OK", "250 2.0.0 Resetting"]
+
+    async def test_disconnect_while_held_loses_nothing(self):
+        await self.start_with_client()
+        await self.send()
+        self.proto.connectionLost(None)
+        stored = self.fakes["HUB02"].stored
+        assert len(stored) == 1  # committed and relayed although no 250 went out
+        await self.advance(ACK_DELAY, step=0.5)
+        assert self.reply() == b""
