@@ -262,6 +262,25 @@ def cmd_replicated(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_um_submit(args: argparse.Namespace) -> int:
+    """A UM server's voice mail submission to a hub (a scenario F entry point)."""
+    import time
+
+    from exchange_emu.um import UMSubmitError, VoiceMail, hub_for, read_audio, submit_voice_mail
+
+    organization = _load(args.config, args.port_offset)
+    try:
+        audio = read_audio(args.wav)
+        hub = hub_for(organization, args.hub)
+        message_id = submit_voice_mail(
+            organization, hub, VoiceMail(args.caller, args.to, audio, args.duration),
+            now=time.time())
+    except (UMSubmitError, LookupError) as e:
+        return _error(str(e).strip("'\""))
+    print(f"Voice mail for {args.to} accepted by {hub.name}: {message_id}")
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """A ``password_hash`` value for a recipient of the organization file."""
     import getpass
@@ -380,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     replicated.add_argument("database", metavar="DATABASE")
     replicated.add_argument("--up-to", default="now", metavar="ISO|now")
     replicated.set_defaults(func=cmd_replicated)
+
+    um = commands.add_parser(
+        "um-submit", help="submit a voice mail to a hub as a UM server does (scenario F)",
+        description="An Exchange 2010 Unified Messaging server submits voice mail to a hub of "
+        "its site over plain SMTP, without XSHADOW: the hub holds its 250 (delayed "
+        "acknowledgement) until the message is safe elsewhere.")
+    with_config(um)
+    um.add_argument("--to", required=True, metavar="ADDR")
+    um.add_argument("--wav", required=True, metavar="FILE", help="the recorded message")
+    um.add_argument("--caller", default="+1 425 555 0100 <um01@contoso.test>",
+                    help="who called (From:)")
+    um.add_argument("--duration", type=int, default=0, help="seconds, for the subject")
+    um.add_argument("--hub", metavar="NAME", help="the hub to submit to (default: the first)")
+    um.set_defaults(func=cmd_um_submit)
 
     hashing = commands.add_parser(
         "hash-password", help="make a password_hash for the organization file",

@@ -236,3 +236,26 @@ def test_replication_report_empties_the_dumpster(lab):
         assert dumpster() == 0
     finally:
         engine.dispose()
+
+
+def test_um_voice_mail_is_held_then_delivered(lab, tmp_path):
+    """A UM server's submission (plain SMTP, no XSHADOW) is an F entry point: the hub
+    holds its 250 until the message is safe at the next hop, then carol has it."""
+    import wave
+
+    process_lab, config = lab
+    process_lab.start("MBX01", "MBX02", "HUB03", "HUB01", "HUB02")
+    audio = tmp_path / "message.wav"
+    with wave.open(str(audio), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x00" * 800)
+    result = subprocess.run([EXE, "um-submit", "--config", str(config), "--to",
+                             "carol@contoso.test", "--wav", str(audio), "--duration", "1",
+                             "--hub", "HUB01"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    mid = re.search(r"(<[^>]+>)", result.stdout).group(1)
+    acked = process_lab.wait_for("HUB01", lambda e: e.message_id == mid and "F.7" in e.steps)
+    assert acked[0].custom_data["delayed_ack"] == "Delivered"
+    wait_in_folder(process_lab, config, "carol@contoso.test", "Inbox", mid)
