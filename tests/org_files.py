@@ -104,3 +104,26 @@ def mixed_role_org(directory: Path, *, with_hub02: bool = True) -> tuple[Path, d
         transport={"ShadowHeartbeatTimeoutInterval": "00:00:01", **FAST_RETRY},
     )
     return write_org(directory / "mixed.toml", spec), ports
+
+
+def internet_org(directory: Path) -> tuple[Path, dict[str, int]]:
+    """MBX01 (DB01: alice) and HUB01 in Site-A, EDGE01 at the perimeter, and INTERNET01
+    (fabrikam.test) — a real MTA such as Postfix listens on ports["INTERNET01"]."""
+    names = ["MBX01", "HUB01", "EDGE01", "INTERNET01"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    spec = OrgSpec(
+        [ServerSpec("MBX01", "mailbox", ports["MBX01"]),
+         ServerSpec("HUB01", "hub", ports["HUB01"]),
+         ServerSpec("EDGE01", "edge", ports["EDGE01"], site=None),
+         ServerSpec("INTERNET01", "legacy", ports["INTERNET01"], site=None,
+                    version="non-exchange", local_domains=("fabrikam.test",))],
+        send_connectors=[
+            SendConnectorSpec("EdgeSync - Inbound", ("EDGE01",), ("HUB01",), ("contoso.test",)),
+            SendConnectorSpec("To Internet via EDGE01", ("HUB01",), ("EDGE01",)),
+            SendConnectorSpec("EdgeSync - to Internet", ("EDGE01",), ("INTERNET01",)),
+        ],
+        mailbox_databases=[MailboxDatabaseSpec("DB01", "MBX01")],
+        recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01")],
+        transport={"ShadowHeartbeatTimeoutInterval": "00:00:02", **FAST_RETRY},
+    )
+    return write_org(directory / "internet.toml", spec), ports
