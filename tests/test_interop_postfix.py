@@ -89,7 +89,7 @@ def test_postfix_to_edge_is_held_until_the_next_hops_have_it(lab):
 def test_hub_to_edge_to_postfix_follows_e_and_postfix_holds_it(lab):
     """Scenario E with a real MTA as the next hop: EDGE01 sends without XSHADOW (Postfix
     does not offer it), deletes, prepares the discard for HUB01; Postfix has the message."""
-    process_lab, postfix, ports, config = lab
+    process_lab, postfix, ports, _config = lab
     process_lab.start("MBX01", "HUB01", "EDGE01")
     mid = "<e-postfix@contoso.test>"
     with smtplib.SMTP("127.0.0.1", ports["HUB01"], timeout=60) as client:
