@@ -127,3 +127,21 @@ def internet_org(directory: Path) -> tuple[Path, dict[str, int]]:
         transport={"ShadowHeartbeatTimeoutInterval": "00:00:02", **FAST_RETRY},
     )
     return write_org(directory / "internet.toml", spec), ports
+
+
+def legacy_org(directory: Path, version: str = "2003") -> tuple[Path, dict[str, int]]:
+    """Site-A: MBX01 (DB01: alice), HUB01, and LEGACY01 — an Exchange 2003 (or 2007)
+    server holding legacy.contoso.test (dave)."""
+    names = ["MBX01", "HUB01", "LEGACY01"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    spec = OrgSpec(
+        [ServerSpec("MBX01", "mailbox", ports["MBX01"]),
+         ServerSpec("HUB01", "hub", ports["HUB01"]),
+         ServerSpec("LEGACY01", "legacy", ports["LEGACY01"], version=version,
+                    local_domains=("legacy.contoso.test",))],
+        mailbox_databases=[MailboxDatabaseSpec("DB01", "MBX01")],
+        recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01"),
+                    RecipientSpec("dave@legacy.contoso.test", "Dave", server="LEGACY01")],
+        transport={"ShadowHeartbeatTimeoutInterval": "00:00:02", **FAST_RETRY},
+    )
+    return write_org(directory / "legacy.toml", spec), ports

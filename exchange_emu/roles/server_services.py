@@ -14,7 +14,6 @@ from twisted.application import service
 from exchange_emu.directory import Organization, Server
 from exchange_emu.logs.tracking_log import server_tracking_log
 from exchange_emu.mailbox.server import MailboxServer
-from exchange_emu.roles.not_built import NotImplementedRole
 from exchange_emu.transport.server import TransportServer
 
 
@@ -25,14 +24,12 @@ class ExchangeServer(service.MultiService):
         super().__init__()
         self.setName(server.name)
         self.tracking_log = server_tracking_log(server.data_dir, server.fqdn, reactor)
-        if server.roles & {"hub", "edge"}:
+        if server.roles & {"hub", "edge", "legacy"}:
             TransportServer(organization, server, reactor,
                             tracking_log=self.tracking_log).setServiceParent(self)
         if "mailbox" in server.roles:
             MailboxServer(organization, server, reactor,
                           tracking_log=self.tracking_log).setServiceParent(self)
-        if "legacy" in server.roles:
-            NotImplementedRole(server.name, "legacy").setServiceParent(self)
 
     def stopService(self) -> Any:
         d = super().stopService()

@@ -42,6 +42,8 @@ class ServerSettings:
     require_authentication: bool = False
     """``MAIL`` needs a successful ``AUTH`` first (a Client connector)."""
     software_version: str = "14.3.123.4"
+    flavor: str = "2010"
+    """Whose dialect: "2010", "2007", "2003" (Exchange) or "non-exchange" (plain RFC 5321)."""
 
 
 @dataclass(frozen=True)

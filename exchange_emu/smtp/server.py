@@ -143,13 +143,7 @@ class ExchangeESMTP(Protocol):
         self._session_timer = self.clock.callLater(
             self.settings.connection_timeout, self._timed_out
         )
-        self._send(
-            replies.r(
-                220,
-                f"{self.settings.fqdn} Microsoft ESMTP MAIL Service ready at "
-                f"{rfc2822_date(self.clock.seconds())}",
-            )
-        )
+        self._send(replies.r(220, self._banner()))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
@@ -300,10 +294,25 @@ class ExchangeESMTP(Protocol):
 
     # -- session verbs ----------------------------------------------------
 
+    def _banner(self) -> str:
+        """The 220 greeting: Exchange 2010/2007's, Exchange 2003's, or a plain MTA's."""
+        now = rfc2822_date(self.clock.seconds())
+        fqdn = self.settings.fqdn
+        if self.settings.flavor == "non-exchange":
+            return f"{fqdn} ESMTP ready"
+        if self.settings.flavor == "2003":
+            return (f"{fqdn} Microsoft ESMTP MAIL Service, Version: 6.0.3790.4675 ready at "
+                    f"{now}")
+        return f"{fqdn} Microsoft ESMTP MAIL Service ready at {now}"
+
     def ehlo_keywords(self) -> list[str]:
-        """Exchange's EHLO keywords, in Exchange's order (protocol.md §1)."""
+        """The EHLO keywords of this server's dialect, in Exchange's order (protocol.md §1).
+        Exchange 2003 adds X-EXPS and X-LINK2STATE; neither 2003 nor 2007 has XSHADOW."""
         s = self.settings
         assert self.session is not None
+        if s.flavor == "non-exchange":
+            size = f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE"
+            return [size, "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8BITMIME"]
         org = self.session.org_server and not s.client_connector
         keywords = [
             f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE",
@@ -317,12 +326,16 @@ class ExchangeESMTP(Protocol):
                 keywords.append("X-ANONYMOUSTLS")
         if self._mechanisms():
             keywords.append("AUTH " + " ".join(self._mechanisms()))
+        if s.flavor == "2003":
+            keywords.append("X-EXPS GSSAPI NTLM")
         keywords += ["8BITMIME", "BINARYMIME", "CHUNKING"]
+        if s.flavor == "2003":
+            keywords.append("X-LINK2STATE")
         if org:
             keywords.append("XEXCH50")
-        if not s.client_connector:
+        if s.flavor == "2010" and not s.client_connector:
             keywords.append("XRDST")
-        if org and self.policy.shadow_redundancy_enabled:
+        if org and s.flavor == "2010" and self.policy.shadow_redundancy_enabled:
             keywords.append("XSHADOW")
         return keywords
 
@@ -473,7 +486,8 @@ class ExchangeESMTP(Protocol):
         assert self.session is not None
         if self.session.helo is None:
             return replies.BAD_SEQUENCE
-        if self.settings.client_connector or not self.policy.shadow_redundancy_enabled:
+        if (self.settings.client_connector or not self.policy.shadow_redundancy_enabled
+                or self.settings.flavor != "2010"):
             return replies.NOT_IMPLEMENTED
         if not self.session.org_server:
             return replies.NOT_AUTHORIZED

@@ -11,11 +11,14 @@ or a takeover (heartbeat retry count reached, or a new primary database id).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import threads
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -36,6 +39,7 @@ from exchange_emu.storage.queue import record_heartbeat, shadow_primaries
 from exchange_emu.transport import jobs
 from exchange_emu.transport.delayed_ack import DELIVERED, SKIPPED, DelayedAcknowledgement
 from exchange_emu.transport.routing import (
+    LOCAL,
     MAILBOX,
     NextHop,
     Router,
@@ -53,6 +57,24 @@ MESSAGES_PER_SESSION = 20
 """Exchange's MaxMessagesPerConnection (send side)."""
 UNREACHABLE = "Unreachable"
 _CONTEXT_NAMESPACE = uuid.UUID("6f1d5e1c-8f5b-4f8e-9a51-3c2a7f4e1b00")
+
+
+def _write_local_mailboxes(root: Path, items: list[jobs.DeliveryItem]) -> int:
+    """Thread side of local delivery: write each copy atomically and fsync it."""
+    count = 0
+    for item in items:
+        for recipient in item.recipients:
+            folder = root / recipient.address.lower()
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / f"{item.envelope.internal_id}-{recipient.id}.eml"
+            temporary = final.with_suffix(".tmp")
+            with open(temporary, "wb") as out:
+                out.write(item.body)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, final)
+            count += 1
+    return count
 
 
 def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
@@ -210,6 +232,14 @@ class TransportEngine(service.Service):
         d.addCallback(aged)
         d.addErrback(lambda f: log.failure("message aging failed", f))
         d.addBoth(lambda _: self._schedule_aging() if not self.stopping else None)
+
+    def xexch50_blob(self, item: jobs.DeliveryItem) -> bytes | None:
+        """Exchange 2003 sends its per-message MAPI properties to Exchange peers with
+        XEXCH50; the emulator's 2003 server sends a small stand-in blob."""
+        if self.server.has_role("legacy") and self.server.version == "2003":
+            return (b"EXCH50\x00" + item.envelope.message_id.encode("utf-8", "replace")
+                    + b"\x00" + self.server.fqdn.encode())
+        return None
 
     def skip_delayed_ack(self, internal_id: int, reason: str) -> None:
         """protocol.md §6: the message cannot reach its next hops soon; acknowledge now."""
@@ -441,7 +471,11 @@ class DeliveryQueue:
         if self.hop.delivery == MAILBOX:
             await self._deliver_to_mailbox(items)
             return
-        shadow = engine.settings.shadow_redundancy_enabled and self.hop.shadow_capable
+        if self.hop.delivery == LOCAL:
+            await self._deliver_locally(items)
+            return
+        shadow = (engine.settings.shadow_redundancy_enabled and self.hop.shadow_capable
+                  and engine.server.supports_shadow_redundancy)
         outbound = [
             OutboundMessage(
                 sender=item.envelope.sender,
@@ -451,7 +485,7 @@ class DeliveryQueue:
                 body_type=item.body_type,
                 envid=item.envid,
                 ret=item.ret,
-                xexch50=item.xexch50,
+                xexch50=item.xexch50 or engine.xexch50_blob(item),
                 notify={r.address: r.notify for r in item.recipients if r.notify},
                 orcpt={r.address: r.orcpt for r in item.recipients if r.orcpt},
             )
@@ -606,6 +640,27 @@ class DeliveryQueue:
             else:
                 self.items.pop(internal_id, None)
         engine.report(report, "C.3")
+
+    async def _deliver_locally(self, items: list[jobs.DeliveryItem]) -> None:
+        """A legacy or Internet server's own mailboxes: one file per message and
+        recipient under ``<data_dir>/Mailboxes/<address>/``, written and synced before
+        the delivery is recorded."""
+        engine = self.engine
+        now = engine.clock.seconds()
+        written = await threads.deferToThread(
+            _write_local_mailboxes, Path(engine.server.data_dir) / "Mailboxes", items)
+        results = [jobs.MessageResult(item.envelope.internal_id, delivered=tuple(
+            (r.id, "250 2.0.0 delivered to local mailbox") for r in item.recipients))
+            for item in items]
+        report = await engine.database.write(
+            jobs.record_session, results, delivered_to=engine.server.name, primary=None,
+            now=now, retry_at=now, signer=engine.signer)
+        for item in items:
+            engine.tracking.delivered_locally(item.envelope,
+                                              [r.address for r in item.recipients])
+            self.items.pop(item.envelope.internal_id, None)
+        del written
+        engine.report(report)
 
     async def _queue_failed(self, items: list[jobs.DeliveryItem], reply: str) -> None:
         """No target of the next hop answered: the queue goes to Retry."""

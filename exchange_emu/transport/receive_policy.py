@@ -64,7 +64,10 @@ class TransportReceivePolicy:
         self.tracking = tracking or NullMessageTrackingLog()
         self.on_submitted = on_submitted
         self.delayed_ack = delayed_ack
-        self.shadow_redundancy_enabled = organization.transport.shadow_redundancy_enabled
+        self.shadow_redundancy_enabled = (
+            organization.transport.shadow_redundancy_enabled
+            and server.supports_shadow_redundancy
+        )
 
     def database_id(self) -> str:
         return self.store.db.database_id_base64

@@ -16,11 +16,13 @@ An edge has no site and no mailboxes: it routes by send connector only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from exchange_emu.directory import Address, Organization, SendConnector, Server
 
 MAILBOX = "mailbox"
 SMTP = "smtp"
+LOCAL = "local"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class Router:
         org = self.organization
         domain = address.rpartition("@")[2].lower()
         recipient = org.recipient(address)
+        if self.server.has_role("legacy"):
+            return self._legacy_route(address, domain, recipient)
         if self.server.site is not None and recipient is not None:
             if recipient.database is not None:
                 return self._to_mailbox(recipient.database)
@@ -79,6 +83,29 @@ class Router:
             and accepted.type == "Authoritative"
         ):
             return RoutingFailure("550 5.1.1 RESOLVER.ADR.RecipNotFound; not found")
+        return self._by_send_connector(domain)
+
+    def _legacy_route(self, address: str, domain: str, recipient: Any) -> NextHop | RoutingFailure:
+        """An Exchange 2003/2007 server or a plain MTA: its own domains are delivered
+        locally; Exchange 2010 mailboxes through a 2010 hub (older servers cannot talk
+        to 2010 mailbox servers); the rest by send connector or, as a stand-in for DNS
+        MX, to the server holding the domain."""
+        if domain in self.server.local_domains:
+            if recipient is None or recipient.server != self.server.name:
+                return RoutingFailure("550 5.1.1 User unknown")
+            return NextHop("Local Delivery", LOCAL, (), "MapiDelivery", shadow_capable=False)
+        if self.server.is_exchange and recipient is not None and recipient.database:
+            database = self.organization.database(recipient.database)
+            assert database is not None
+            site = self.organization.server(database.server).site
+            if site is not None:
+                return self._to_site(site)
+        holder = self.organization.server_for_domain(domain)
+        if self._best_connector(domain) is None and holder is not None and holder.smtp:
+            return NextHop(holder.fqdn, SMTP, (_target(holder),), "DnsConnectorDelivery",
+                           shadow_capable=holder.supports_shadow_redundancy)
+        if self._best_connector(domain) is None and self.server.site is not None:
+            return self._to_site(self.server.site)  # an Exchange org's hubs take it
         return self._by_send_connector(domain)
 
     def _to_mailbox(self, database_name: str) -> NextHop | RoutingFailure:

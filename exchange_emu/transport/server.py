@@ -31,6 +31,9 @@ from exchange_emu.transport.tracking import TransportTracking
 log = Logger()
 
 
+_SOFTWARE_VERSIONS = {"2007": "8.3.389.2", "2003": "6.0.3790.4675", "non-exchange": "1.0"}
+
+
 def receive_settings(
     server: Server, connector: ReceiveConnector, tls: Any = None
 ) -> ServerSettings:
@@ -49,6 +52,8 @@ def receive_settings(
         tls=tls,
         auth_mechanisms=connector.auth_mechanisms,
         require_authentication=connector.usage == "Client",
+        flavor=server.version if server.has_role("legacy") else "2010",
+        software_version=_SOFTWARE_VERSIONS.get(server.version, "14.3.123.4"),
     )
 
 

@@ -84,6 +84,11 @@ class TransportTracking:
                   recipients=recipients, statuses=["250 2.1.5 delivered"] * len(recipients),
                   connector=database, destination=mailbox_server)
 
+    def delivered_locally(self, envelope: Envelope, recipients: Sequence[str]) -> None:
+        """A legacy or Internet server delivered to its own mailboxes."""
+        self._row("DELIVER", "SMTP", envelope, (), recipients=recipients,
+                  statuses=["250 2.0.0 delivered"] * len(recipients))
+
     def duplicate_dropped(self, envelope: Envelope, recipients: Sequence[str],
                           database: str) -> None:
         """The mailbox already had it (DeliveredTo): dropped silently."""
