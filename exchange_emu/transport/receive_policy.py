@@ -93,6 +93,8 @@ class TransportReceivePolicy:
     def check_recipient(self, session: SessionInfo, sender: str, rcpt: Recipient) -> Reply | None:
         if session.org_server:
             return None
+        if domain_of(rcpt.address) in self.server.local_domains:
+            return None  # a legacy or Internet server's own domain
         if self.organization.accepted_domain(domain_of(rcpt.address)) is None:
             return replies.UNABLE_TO_RELAY
         return None
@@ -179,7 +181,9 @@ class TransportReceivePolicy:
     def _track_receive(self, message: ReceivedMessage, internal_id: int,
                        delayed: bool = False) -> None:
         session = message.session
-        if message.shadow_message_id:
+        if not self.server.is_exchange_2010:
+            custom: dict[str, str] = {}  # the scenarios' steps are Exchange 2010's
+        elif message.shadow_message_id:
             # D.4.2: this server records the message as shadowed on the sender.
             custom = scenario_step("D.4.2", shadow_message_id=message.shadow_message_id)
         elif session.authenticated_as is not None:
