@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _messages import make_body
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
@@ -38,13 +39,6 @@ def write_org(directory: Path, port: int, database_url: str | None) -> Path:
     return write_org_file(directory / "bench.toml", spec)
 
 
-def make_body(size: int, n: int) -> bytes:
-    head = (f"Message-ID: <bench-{n}@contoso.test>\r\nFrom: app@contoso.test\r\n"
-            f"To: erin@fabrikam.test\r\nSubject: benchmark {n}\r\n\r\n").encode()
-    line = b"x" * 76 + b"\r\n"
-    return head + line * max(0, (size - len(head)) // len(line))
-
-
 async def load(reactor: Any, port: int, total: int, sessions: int, size: int) -> dict[str, Any]:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     counter = iter(range(total))
@@ -57,7 +51,7 @@ async def load(reactor: Any, port: int, total: int, sessions: int, size: int) ->
             if not batch:
                 return
             messages = [OutboundMessage("app@contoso.test", ("erin@fabrikam.test",),
-                                        make_body(size, n)) for n in batch]
+                                        make_body(size, n, "bench")) for n in batch]
             outcome = await send_session(endpoint, SessionRequest("load.contoso.test", messages),
                                          reactor)
             for m in outcome.messages:
@@ -96,7 +90,7 @@ def main() -> int:
             pass
         finally:
             peak = hub.peak_memory_kib()
-            cpu = _cpu_seconds(hub.pid)
+            cpu = hub.cpu_seconds()
             hub.stop()
     latencies = sorted(result["latencies"])
     accepted = len(latencies)
@@ -113,16 +107,6 @@ def main() -> int:
         print(f"  FAILURES: {len(result['failures'])}, first: {result['failures'][0]}")
         return 1
     return 0
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    import os
-
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ latency, CPU time per message and peak memory of each server process.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from _messages import make_body
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from zope.interface import implementer
@@ -95,13 +95,6 @@ class SinkPolicy:
         return defer.succeed([])
 
 
-def make_body(size: int, n: int) -> bytes:
-    head = (f"Message-ID: <relay-{n}@contoso.test>\r\nFrom: app@contoso.test\r\n"
-            f"To: erin@fabrikam.test\r\nSubject: relay {n}\r\n\r\n").encode()
-    line = b"x" * 76 + b"\r\n"
-    return head + line * max(0, (size - len(head)) // len(line))
-
-
 async def run_load(reactor: Any, first_hop: int, sink: SinkPolicy, total: int,
                    sessions: int, size: int, timeout: float) -> dict[str, Any]:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", first_hop)
@@ -116,7 +109,7 @@ async def run_load(reactor: Any, first_hop: int, sink: SinkPolicy, total: int,
             if not batch:
                 return
             messages = [OutboundMessage("app@contoso.test", ("erin@fabrikam.test",),
-                                        make_body(size, n)) for n in batch]
+                                        make_body(size, n, "relay")) for n in batch]
             start = reactor.seconds()
             for n in batch:
                 submitted.setdefault(f"<relay-{n}@contoso.test>", start)
@@ -140,11 +133,6 @@ async def run_load(reactor: Any, first_hop: int, sink: SinkPolicy, total: int,
     latencies = [sink.arrived[m] - submitted[m] for m in sink.arrived if m in submitted]
     return {"elapsed": elapsed, "latencies": latencies, "acks": acks, "failures": failures,
             "arrived": len(sink.arrived)}
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _quantiles(values: list[float]) -> tuple[float, float]:
@@ -182,11 +170,11 @@ def main() -> int:
                                                           max_message_size=0), sink, reactor)
             port = await TCP4ServerEndpoint(reactor, ports["SINK"],
                                             interface="127.0.0.1").listen(factory)
-            before = {n: _cpu_seconds(p.pid) for n, p in processes.items()}
+            before = {n: (p.cpu_seconds() or 0.0) for n, p in processes.items()}
             result.update(await run_load(reactor, first_hop, sink, args.messages,
                                          args.sessions, args.size, args.timeout))
             for n, p in processes.items():
-                cpu[n] = _cpu_seconds(p.pid) - before[n]
+                cpu[n] = (p.cpu_seconds() or 0.0) - before[n]
                 peaks[n] = p.peak_memory_kib()
             await port.stopListening()
 

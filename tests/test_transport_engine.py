@@ -322,3 +322,24 @@ class PoisonTests(TestCase):
             state = conn.execute(sa.text("SELECT state FROM messages")).scalar_one()
             self.assertEqual(state, "poison")
 
+
+
+class EarlyDiscardTests(EngineHarness):
+    async def test_discard_arriving_before_the_shadow_is_recorded_is_not_lost(self):
+        """With several sessions to one primary, the primary can hand out a message's
+        discard (on another session's XQDISCARD) before this holder has recorded the
+        shadow copy from the 250; the holder keeps it and applies it on recording,
+        instead of keeping the shadow until auto-discard."""
+        import uuid as uuid_module
+        from unittest import mock
+
+        await self.start()
+        fixed = uuid_module.UUID("12345678-1234-4234-8234-123456789abc")
+        await self.engine.shadow.apply_discards("HUB02", [str(fixed)], self.clock.seconds())
+        assert str(fixed) in self.engine.shadow.early_discards["HUB02"]
+        with mock.patch("exchange_emu.transport.engine.uuid.uuid4", return_value=fixed):
+            internal_id = await self.submit()
+        assert self.fakes["HUB02"].stored[0].message.shadow_message_id == str(fixed)
+        self.assertEqual(await self.primaries(), {})
+        self.assertIsNone(await self.store.get_message(internal_id))
+        assert str(fixed) not in self.engine.shadow.early_discards["HUB02"]

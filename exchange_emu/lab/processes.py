@@ -91,6 +91,14 @@ class ServerProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
 
+    def cpu_seconds(self) -> float | None:
+        """User plus system CPU time the process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_memory_kib(self) -> int | None:
         """The process's peak resident memory (VmHWM), while it runs."""
         try:

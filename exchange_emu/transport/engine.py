@@ -56,6 +56,11 @@ MAX_SESSIONS_PER_QUEUE = 20
 MESSAGES_PER_SESSION = 20
 """Exchange's MaxMessagesPerConnection (send side)."""
 UNREACHABLE = "Unreachable"
+EXPEDITE_FIRST = 0.05
+"""Seconds before the first discard query for a message whose 250 is held (F.6)."""
+EXPEDITE_MAX = 2.0
+EARLY_DISCARD_TTL = 600.0
+"""How long a discard notification that arrived before its shadow copy was recorded is kept."""
 _CONTEXT_NAMESPACE = uuid.UUID("6f1d5e1c-8f5b-4f8e-9a51-3c2a7f4e1b00")
 
 
@@ -571,6 +576,12 @@ class DeliveryQueue:
                                            when=finished.get(envelope.internal_id))
             if primary and engine.delayed_ack and engine.delayed_ack.held(envelope.internal_id):
                 engine.shadow.expedite(primary, envelope.internal_id)
+        early = engine.shadow.early_discards.get(primary or "", {})
+        arrived = [shadow_id for _, shadow_id in report.shadows_added if shadow_id in early]
+        if primary and arrived:
+            for shadow_id in arrived:
+                early.pop(shadow_id, None)
+            await engine.shadow.apply_discards(primary, arrived, engine.clock.seconds())
         engine.report(report)
 
     async def _deliver_to_mailbox(self, items: list[jobs.DeliveryItem]) -> None:
@@ -688,6 +699,9 @@ class ShadowRedundancy:
         self.last_contact: dict[str, float] = {}
         self.last_attempt: dict[str, float] = {}
         self.expedited: dict[str, set[int]] = {}
+        self.early_discards: dict[str, dict[str, float]] = {}
+        self._expedite_timers: dict[str, IDelayedCall] = {}
+        self._expedite_delay: dict[str, float] = {}
         self.heartbeats: set[str] = set()
         self.timer: IDelayedCall | None = None
         self.started_at = 0.0
@@ -748,15 +762,22 @@ class ShadowRedundancy:
 
     def expedite(self, primary: str, internal_id: int) -> None:
         """F.6: a message whose acknowledgement is held is shadowed at ``primary``: ask it
-        for discard notifications soon (and again, backing off) instead of waiting for
-        the heartbeat interval."""
-        waiting = self.expedited.setdefault(primary, set())
-        first = not waiting
-        waiting.add(internal_id)
-        if first:
-            self.engine.clock.callLater(0.2, self._expedited_query, primary, 0.2)
+        for discard notifications soon, then again backing off while nothing new is held
+        (instead of waiting for the heartbeat interval)."""
+        self.expedited.setdefault(primary, set()).add(internal_id)
+        self._expedite_delay[primary] = EXPEDITE_FIRST
+        self._schedule_expedited(primary, EXPEDITE_FIRST)
 
-    def _expedited_query(self, primary: str, delay: float) -> None:
+    def _schedule_expedited(self, primary: str, delay: float) -> None:
+        clock = self.engine.clock
+        timer = self._expedite_timers.get(primary)
+        if timer is not None and timer.active():
+            if timer.getTime() <= clock.seconds() + delay:
+                return
+            timer.cancel()
+        self._expedite_timers[primary] = clock.callLater(delay, self._expedited_query, primary)
+
+    def _expedited_query(self, primary: str) -> None:
         engine = self.engine
         held = engine.delayed_ack.waiting if engine.delayed_ack is not None else frozenset()
         waiting = self.expedited.get(primary, set()) & held
@@ -764,10 +785,10 @@ class ShadowRedundancy:
             self.expedited.pop(primary, None)
             return
         self.expedited[primary] = set(waiting)
+        delay = min(self._expedite_delay.get(primary, EXPEDITE_FIRST) * 2, EXPEDITE_MAX)
+        self._expedite_delay[primary] = delay
         d = engine.track(_run(self.heartbeat(primary), f"discard query to {primary}"))
-        next_delay = min(delay * 2, 2.0)
-        d.addBoth(lambda _: engine.clock.callLater(next_delay, self._expedited_query,
-                                                   primary, next_delay))
+        d.addBoth(lambda _: self._schedule_expedited(primary, delay))
 
     async def heartbeat(self, primary: str) -> None:
         """No session went to ``primary`` for a heartbeat interval: EHLO, XSHADOW,
@@ -825,7 +846,18 @@ class ShadowRedundancy:
         """D.5–D.7: the primary handed over discard notifications; drop those shadows."""
         engine = self.engine
         dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
-        for envelope, deleted, handed in dropped:
+        matched = {shadow_id for _, _, _, shadow_id in dropped}
+        early = self.early_discards.setdefault(primary, {})
+        now = engine.clock.seconds()
+        for shadow_id in shadow_ids:
+            if shadow_id not in matched:
+                # The primary was faster than our own bookkeeping: this discard belongs to
+                # a message whose 250 we have not recorded yet. Keep it for a while.
+                early[shadow_id] = now
+        for shadow_id, seen in list(early.items()):
+            if now - seen > EARLY_DISCARD_TTL:
+                del early[shadow_id]
+        for envelope, deleted, handed, _shadow_id in dropped:
             held = engine.delayed_ack is not None and engine.delayed_ack.held(
                 envelope.internal_id)
             engine.tracking.discard_queried(envelope, primary, queried_at, delayed_ack=held)

@@ -573,15 +573,16 @@ def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[
 
 def apply_discards(
     conn: Connection, primary: str, shadow_message_ids: Sequence[str]
-) -> list[tuple[Envelope, bool, tuple[str, ...]]]:
+) -> list[tuple[Envelope, bool, tuple[str, ...], str]]:
     """The holder's side (D.7): drop the shadow copies ``primary`` says it is done
     with; a message no primary shadows any more, with nothing else pending, is
-    deleted. Returns (envelope, deleted, the recipients handed to that primary)
-    per shadow dropped."""
+    deleted. Returns (envelope, deleted, the recipients handed to that primary, the
+    shadow id) per shadow dropped."""
     if not shadow_message_ids:
         return []
     rows = conn.execute(
-        sa.select(shadow_messages.c.id, shadow_messages.c.internal_id).where(
+        sa.select(shadow_messages.c.id, shadow_messages.c.internal_id,
+                  shadow_messages.c.shadow_message_id).where(
             shadow_messages.c.primary_server == primary,
             shadow_messages.c.shadow_message_id.in_(list(shadow_message_ids)),
         )
@@ -589,6 +590,7 @@ def apply_discards(
     if not rows:
         return []
     ids = [int(r.internal_id) for r in rows]
+    shadow_ids = {int(r.internal_id): r.shadow_message_id for r in rows}
     handed: dict[int, list[str]] = defaultdict(list)
     for row in conn.execute(sa.select(recipients.c.internal_id, recipients.c.address).where(
             recipients.c.internal_id.in_(ids), recipients.c.delivered_to == primary)):
@@ -602,7 +604,8 @@ def apply_discards(
     if deleted:
         conn.execute(sa.delete(messages).where(
             messages.c.internal_id.in_(deleted), messages.c.state == SHADOW))
-    return [(envelopes[i], i in deleted, tuple(handed[i])) for i in ids if i in envelopes]
+    return [(envelopes[i], i in deleted, tuple(handed[i]), shadow_ids[i])
+            for i in ids if i in envelopes]
 
 
 def take_ownership(conn: Connection, primary: str) -> list[Envelope]:
