@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import ServerFactory
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from exchange_emu.storedriver.commands import (
@@ -22,13 +21,13 @@ from exchange_emu.storedriver.commands import (
     UnknownMailbox,
     Upload,
 )
-from exchange_emu.storedriver.transfer import Uploads, body_chunk
+from exchange_emu.storedriver.transfer import StoreDriverAMP, Uploads, body_chunk
 
 if TYPE_CHECKING:
     from exchange_emu.mailbox.server import MailboxServer
 
 
-class MailboxStoreDriver(amp.AMP):
+class MailboxStoreDriver(StoreDriverAMP):
     """One connection: a hub of the site, or a client submitting into an Outbox."""
 
     def __init__(self, server: MailboxServer) -> None:

@@ -72,3 +72,16 @@ def body_chunk(body: bytes, offset: int) -> dict[str, Any]:
     """The ``FetchBody`` answer for ``offset``."""
     data = body[offset:offset + CHUNK_SIZE]
     return {"data": data, "last": offset + len(data) >= len(body)}
+
+
+class StoreDriverAMP(amp.AMP):
+    """AMP without a log line for every connection made and lost (a lab makes many)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        self._transportPeer = transport.getPeer()
+        self._transportHost = transport.getHost()
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None

@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from exchange_emu.directory import Organization, Server
@@ -35,7 +34,7 @@ from exchange_emu.storedriver.commands import (
     ReplicationStatus,
     ReportOwnership,
 )
-from exchange_emu.storedriver.transfer import fetch_body, upload
+from exchange_emu.storedriver.transfer import StoreDriverAMP, fetch_body, upload
 
 log = Logger()
 
@@ -56,7 +55,7 @@ def submit_time_of(body: bytes) -> float:
     return parsed.timestamp() if parsed is not None else 0.0
 
 
-class HubStoreDriverLink(amp.AMP):
+class HubStoreDriverLink(StoreDriverAMP):
     """The hub's end of one connection to a mailbox server."""
 
     def __init__(self, driver: HubStoreDriver, mailbox_server: str) -> None:
