@@ -605,3 +605,67 @@ def test_auth_credentials_never_reach_the_protocol_log():
     text = "\n".join(lines)
     assert b64("secret").decode() not in text and "secret" not in text
     assert "AUTH ****" in text
+
+
+# -- connection limits (MaxInboundConnection, …PerSource, MaxMessagesPerConnection) ------
+
+
+def _sessions(settings: ServerSettings, count: int, org: bool = False):
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from exchange_emu.smtp.server import ExchangeESMTPFactory
+
+    from smtp_fakes import _addr
+
+    factory = ExchangeESMTPFactory(settings, FakePolicy(org=org), Clock())
+    out = []
+    for i in range(count):
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=_addr(f"192.0.2.{1 + i % 2}", 1000 + i),
+                                    hostAddress=_addr("127.0.0.1", 25))
+        proto.makeConnection(transport)
+        out.append((proto, transport))
+    return factory, out
+
+
+def test_max_inbound_connection_per_source_and_total():
+    settings = ServerSettings("Default EDGE01", "edge01.contoso.test",
+                              max_inbound_connection=3, max_inbound_connection_per_source=1)
+    factory, sessions = _sessions(settings, 4)
+    replies_ = [t.value().split(b"\r\n")[0] for _, t in sessions]
+    assert replies_[0].startswith(b"220 ") and replies_[1].startswith(b"220 ")
+    assert replies_[2] == (b"421 4.3.2 The maximum number of concurrent connections has "
+                           b"exceeded a limit, closing transmission channel")
+    assert sessions[2][1].disconnecting
+    sessions[0][0].connectionLost(None)  # one leaves: its source may connect again
+    proto = factory.buildProtocol(None)
+    from twisted.internet.testing import StringTransport
+
+    from smtp_fakes import _addr
+
+    transport = StringTransport(peerAddress=_addr("192.0.2.1", 2000),
+                                hostAddress=_addr("127.0.0.1", 25))
+    proto.makeConnection(transport)
+    assert transport.value().startswith(b"220 ")
+
+
+def test_max_inbound_connection_total_counts_org_servers_too():
+    settings = ServerSettings("Default HUB01", "hub01.contoso.test",
+                              max_inbound_connection=2, max_inbound_connection_per_source=1)
+    _, sessions = _sessions(settings, 3, org=True)
+    assert [t.value()[:4] for _, t in sessions] == [b"220 ", b"220 ", b"421 "]
+    assert b"concurrent server connections" in sessions[2][1].value()
+
+
+def test_max_messages_per_connection():
+    settings = ServerSettings("Default EDGE01", "edge01.contoso.test",
+                              max_messages_per_connection=1)
+    h = connect(settings=settings)
+    h.output()
+    ehlo(h)
+    h.feed(b"MAIL FROM:<a@contoso.test>\r\nRCPT TO:<b@contoso.test>\r\nDATA\r\nx\r\n.\r\n")
+    out = h.feed(b"MAIL FROM:<a@contoso.test>\r\n")
+    assert out == (b"421 4.4.2 The maximum number of messages per connection has been "
+                   b"reached, closing transmission channel\r\n")
+    assert h.transport.disconnecting

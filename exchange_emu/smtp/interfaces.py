@@ -31,6 +31,9 @@ class ServerSettings:
     max_command_line_length: int = 2048
     max_data_line_length: int = 32768
     max_header_size: int = 64 * 1024
+    max_inbound_connection: int = 5000
+    max_inbound_connection_per_source: int = 20
+    max_messages_per_connection: int = 20
     connection_timeout: float = 600.0
     connection_inactivity_timeout: float = 300.0
     client_connector: bool = False

@@ -97,6 +97,12 @@ AUTH_ALREADY = r(503, "5.5.1 Already authenticated")
 AUTH_CANCELLED = r(501, "5.0.0 Authentication cancelled")
 AUTH_REQUIRED = r(530, "5.7.1 Client was not authenticated")
 SEND_AS_DENIED = r(550, "5.7.60 SMTP; Client does not have permissions to send as this sender")
+TOO_MANY_CONNECTIONS = r(421, "4.3.2 The maximum number of concurrent server connections has "
+                         "exceeded a limit, closing transmission channel")
+TOO_MANY_FROM_SOURCE = r(421, "4.3.2 The maximum number of concurrent connections has exceeded "
+                         "a limit, closing transmission channel")
+TOO_MANY_MESSAGES = r(421, "4.4.2 The maximum number of messages per connection has been "
+                      "reached, closing transmission channel")
 LOCAL_ERROR = r(451, "4.7.0 Temporary server error. Please try again later")
 HELP = Reply(
     214,

@@ -137,6 +137,12 @@ class ExchangeESMTP(Protocol):
             f"{self.session.peer_ip}:{self.session.peer_port}",
         )
         self.protocol_log.connected()
+        refusal = self.factory.admit(self) if isinstance(self.factory, ExchangeESMTPFactory) \
+            else None
+        if refusal is not None:
+            self._send(refusal)
+            self._close()
+            return
         self._idle_timer = self.clock.callLater(
             self.settings.connection_inactivity_timeout, self._timed_out
         )
@@ -147,6 +153,8 @@ class ExchangeESMTP(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
+        if isinstance(self.factory, ExchangeESMTPFactory):
+            self.factory.release(self)
         for timer in (self._idle_timer, self._session_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -556,7 +564,7 @@ class ExchangeESMTP(Protocol):
             self._transaction.close()
         self._transaction = None
 
-    def smtp_MAIL(self, argument: str) -> Reply | Deferred[Any]:
+    def smtp_MAIL(self, argument: str) -> Reply | Deferred[Any] | None:
         assert self.session is not None
         if self.session.helo is None:
             return replies.SEND_HELLO_FIRST
@@ -564,6 +572,10 @@ class ExchangeESMTP(Protocol):
             return replies.SENDER_ALREADY_SPECIFIED
         if self.settings.require_authentication and self.session.authenticated_as is None:
             return replies.AUTH_REQUIRED
+        if self._messages >= self.settings.max_messages_per_connection > 0:
+            self._send(replies.TOO_MANY_MESSAGES)
+            self._close()
+            return None
         try:
             command = parse_path_command(argument, "FROM")
         except EnvelopeSyntaxError:
@@ -876,7 +888,34 @@ class ExchangeESMTPFactory(ServerFactory):
             session_log_factory or NullSessionLogFactory()
         )
         self.noisy = False
+        self.sessions: set[ExchangeESMTP] = set()
+        self._per_source: dict[str, int] = {}
         self._ids = itertools.count(int(clock.seconds() * 1000) << 12)
+
+    def admit(self, session: ExchangeESMTP) -> Reply | None:
+        """MaxInboundConnection and MaxInboundConnectionPerSource: a reply refusing the new
+        session, or None (then it counts until it is released)."""
+        assert session.session is not None
+        source = session.session.peer_ip
+        if len(self.sessions) >= self.settings.max_inbound_connection:
+            return replies.TOO_MANY_CONNECTIONS
+        if (not session.session.org_server and self._per_source.get(source, 0)
+                >= self.settings.max_inbound_connection_per_source):
+            # (Servers of the organization count towards the total only: in a lab they
+            # all share one address.)
+            return replies.TOO_MANY_FROM_SOURCE
+        self.sessions.add(session)
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        return None
+
+    def release(self, session: ExchangeESMTP) -> None:
+        if session not in self.sessions or session.session is None:
+            return
+        self.sessions.discard(session)
+        source = session.session.peer_ip
+        self._per_source[source] -= 1
+        if not self._per_source[source]:
+            del self._per_source[source]
 
     def buildProtocol(self, addr: Any) -> ExchangeESMTP:
         proto = ExchangeESMTP(
