@@ -700,6 +700,7 @@ class ShadowRedundancy:
         self.last_attempt: dict[str, float] = {}
         self.expedited: dict[str, set[int]] = {}
         self.early_discards: dict[str, dict[str, float]] = {}
+        self.open_sessions: dict[str, int] = {}
         self._expedite_timers: dict[str, IDelayedCall] = {}
         self._expedite_delay: dict[str, float] = {}
         self.heartbeats: set[str] = set()
@@ -754,8 +755,13 @@ class ShadowRedundancy:
         for target in engine.ordered_targets(hop):
             log_session = engine.send_log.open_session(
                 hop.name, engine.server.fqdn, str(target.address))
-            outcome = await send_session(engine.connect(target), request, engine.clock,
-                                         log_session)
+            name = target.server or str(target.address)
+            self.open_sessions[name] = self.open_sessions.get(name, 0) + 1
+            try:
+                outcome = await send_session(engine.connect(target), request, engine.clock,
+                                             log_session)
+            finally:
+                self.open_sessions[name] -= 1
             if outcome.banner is not None:
                 return outcome, target
         return outcome, None
@@ -787,6 +793,10 @@ class ShadowRedundancy:
         self.expedited[primary] = set(waiting)
         delay = min(self._expedite_delay.get(primary, EXPEDITE_FIRST) * 2, EXPEDITE_MAX)
         self._expedite_delay[primary] = delay
+        if self.open_sessions.get(primary):
+            # A session to that primary is open: its XQDISCARD will ask anyway.
+            self._schedule_expedited(primary, delay)
+            return
         d = engine.track(_run(self.heartbeat(primary), f"discard query to {primary}"))
         d.addBoth(lambda _: self._schedule_expedited(primary, delay))
 
