@@ -46,12 +46,29 @@ def cmd_lab(args: argparse.Namespace) -> int:
     print(server_table(organization))
     print("Logs and queue databases: under each server's DATA folder above. "
           "Ctrl-C stops the lab.", flush=True)
-    from twisted.scripts.twistd import run
+    if args.single_process:
+        from twisted.scripts.twistd import run
 
-    argv = ["twistd", "--nodaemon", "--pidfile=", "exchange-lab", "--config", args.config,
-            "--port-offset", str(args.port_offset)]
-    sys.argv = argv
-    run()
+        sys.argv = ["twistd", "--nodaemon", "--pidfile=", "exchange-lab", "--config",
+                    args.config, "--port-offset", str(args.port_offset)]
+        run()
+        return 0
+    return _run_supervised(organization, Path(args.config), args.port_offset)
+
+
+def _run_supervised(organization: Any, config: Path, port_offset: int) -> int:
+    """Every server as its own process until Ctrl-C (or SIGTERM) stops them all."""
+    from twisted.internet import reactor as default_reactor
+
+    from exchange_emu.lab.supervisor import LabSupervisor
+
+    reactor: Any = default_reactor
+    supervisor = LabSupervisor(organization, config.resolve(), port_offset, reactor,
+                               write=lambda line: print(line, flush=True))
+    reactor.callWhenRunning(supervisor.start)
+    reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
+    reactor.run()
+    print("Exchange lab stopped.", flush=True)
     return 0
 
 
@@ -307,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab = commands.add_parser("lab", help="run every server of an organization file")
     with_config(lab)
     lab.add_argument("--fresh", action="store_true", help="delete the servers' data first")
+    lab.add_argument("--single-process", action="store_true",
+                     help="run every server in this one process (default: one process each)")
     lab.set_defaults(func=cmd_lab)
 
     check = commands.add_parser("check-config", help="validate an organization file")
