@@ -50,7 +50,7 @@ def run_lab(config: Path, cwd: Path, *extra: str) -> tuple[int, list[str]]:
 
 
 def test_each_server_is_its_own_process_and_ctrl_c_stops_all(tmp_path):
-    config, ports = two_site_org(tmp_path)
+    config, _ = two_site_org(tmp_path)
     status, lines = run_lab(config, tmp_path)
     assert status == 0, "\n".join(lines)
     listening = [line for line in lines if "listening on" in line]
@@ -62,7 +62,7 @@ def test_each_server_is_its_own_process_and_ctrl_c_stops_all(tmp_path):
 
 
 def test_single_process_lab(tmp_path):
-    config, ports = two_site_org(tmp_path)
+    config, _ = two_site_org(tmp_path)
     status, lines = run_lab(config, tmp_path, "--single-process")
     assert status in (0, -2), "\n".join(lines)  # twistd re-raises the SIGINT
     assert not any(line.startswith("[HUB01]") for line in lines)
