@@ -65,6 +65,18 @@ def _run_supervised(organization: Any, config: Path, port_offset: int) -> int:
     reactor: Any = default_reactor
     supervisor = LabSupervisor(organization, config.resolve(), port_offset, reactor,
                                write=lambda line: print(line, flush=True))
+    admin = organization.lab.admin
+    if admin is not None:
+        from twisted.internet.error import CannotListenError
+
+        from exchange_emu.lab.admin_api import admin_site
+
+        try:
+            reactor.listenTCP(admin.port, admin_site(supervisor), interface=admin.host)
+        except CannotListenError as e:
+            return _error(f"the lab admin endpoint cannot listen on {admin}: {e.socketError}")
+        print(f"Lab admin (faults: exchange-emu fault kill|stop|start|restart SERVER): "
+              f"http://{admin}/servers", flush=True)
     reactor.callWhenRunning(supervisor.start)
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
     reactor.run()
@@ -298,6 +310,35 @@ def cmd_um_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    """Break a whole server of the running lab: kill (SIGKILL), stop, start, restart."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    organization = _load(args.config, args.port_offset)
+    admin = organization.lab.admin
+    if admin is None:
+        return _error(f"{args.config} gives the lab no admin address ([lab] admin)")
+    url = f"http://{admin}/servers/{args.server}/{args.action}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
+                                    timeout=60) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.load(e).get("error", str(e))
+        except ValueError:
+            message = str(e)
+        return _error(message)
+    except OSError as e:
+        return _error(f"no lab answers at http://{admin} ({getattr(e, 'reason', e)}); "
+                      "is exchange-emu lab running (not --single-process)?")
+    state = "running" if answer["running"] else "not running"
+    print(f"{answer['server']}: {answer['action']} done; now {state}")
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """A ``password_hash`` value for a recipient of the organization file."""
     import getpass
@@ -432,6 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     um.add_argument("--duration", type=int, default=0, help="seconds, for the subject")
     um.add_argument("--hub", metavar="NAME", help="the hub to submit to (default: the first)")
     um.set_defaults(func=cmd_um_submit)
+
+    fault = commands.add_parser(
+        "fault", help="break a server of the running lab (kill, stop, start, restart)",
+        description="Fault injection on whole servers of a running `exchange-emu lab` (one "
+        "process per server): kill sends SIGKILL (a crash), stop a clean shutdown, start "
+        "and restart bring it back with its data.")
+    with_config(fault)
+    fault.add_argument("action", choices=("kill", "stop", "start", "restart"))
+    fault.add_argument("server", metavar="SERVER")
+    fault.set_defaults(func=cmd_fault)
 
     hashing = commands.add_parser(
         "hash-password", help="make a password_hash for the organization file",

@@ -67,7 +67,7 @@ def two_site_org(directory: Path, *, heartbeat: str = "00:00:01",
     submission connector on ports["CLIENT"]; alice's password is P@ssw0rd) and HUB02;
     Site-B has MBX02 (DB02: carol) and HUB03."""
     names = ["MBX01", "HUB01", "HUB02", "MBX02", "HUB03"]
-    ports = dict(zip([*names, "CLIENT"], free_ports(len(names) + 1), strict=True))
+    ports = dict(zip([*names, "CLIENT", "ADMIN"], free_ports(len(names) + 2), strict=True))
     site = {"MBX01": "Site-A", "HUB01": "Site-A", "HUB02": "Site-A", "MBX02": "Site-B",
             "HUB03": "Site-B"}
     spec = OrgSpec(
@@ -75,6 +75,7 @@ def two_site_org(directory: Path, *, heartbeat: str = "00:00:01",
                     client_port=ports["CLIENT"] if n == "HUB01" else None)
          for n in names],
         sites=("Site-A", "Site-B"),
+        admin_port=ports["ADMIN"],
         mailbox_databases=[MailboxDatabaseSpec("DB01", "MBX01"),
                            MailboxDatabaseSpec("DB02", "MBX02")],
         recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01",

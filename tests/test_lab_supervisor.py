@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from org_files import two_site_org
@@ -18,8 +19,10 @@ pytestmark = pytest.mark.integration
 EXE = str(Path(sys.executable).parent / "exchange-emu")
 
 
-def run_lab(config: Path, cwd: Path, *extra: str) -> tuple[int, list[str]]:
-    """Start the lab, wait (bounded) until all five servers run, Ctrl-C it."""
+def run_lab(config: Path, cwd: Path, *extra: str,
+            while_running: Any = None) -> tuple[int, list[str]]:
+    """Start the lab, wait (bounded) until all five servers run, call ``while_running``
+    with the output so far, then Ctrl-C it."""
     proc = subprocess.Popen([EXE, "lab", "--config", str(config), *extra], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -40,6 +43,8 @@ def run_lab(config: Path, cwd: Path, *extra: str) -> tuple[int, list[str]]:
     threading.Thread(target=read, daemon=True).start()
     try:
         assert ready.wait(60), "\n".join(lines)
+        if while_running is not None:
+            while_running(lines)
         proc.send_signal(signal.SIGINT)
         status = proc.wait(60)
     finally:
@@ -68,3 +73,40 @@ def test_single_process_lab(tmp_path):
     assert not any(line.startswith("[HUB01]") for line in lines)
     listening = [line for line in lines if "listening on" in line]
     assert len(listening) == 6, "\n".join(listening)  # HUB01 has two connectors
+
+
+def test_fault_kill_and_start_a_server_of_the_running_lab(tmp_path):
+    """exchange-emu fault kill HUB03 crashes that one process (SIGKILL); start brings it
+    back; the lab admin endpoint says which servers run."""
+    import json
+    import urllib.request
+
+    from exchange_emu.directory import load_organization
+
+    config, _ = two_site_org(tmp_path)
+    admin = load_organization(config).lab.admin
+
+    def running() -> dict[str, bool]:
+        with urllib.request.urlopen(f"http://{admin}/servers", timeout=10) as response:
+            return {s["name"]: s["running"] for s in json.load(response)}
+
+    def fault(action: str, server: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([EXE, "fault", "--config", str(config), action, server],
+                              capture_output=True, text=True, timeout=90)
+
+    def exercise(lines: list[str]) -> None:
+        assert all(running().values())
+        killed = fault("kill", "HUB03")
+        assert killed.returncode == 0, killed.stderr
+        assert killed.stdout.strip() == "HUB03: kill done; now not running"
+        assert running()["HUB03"] is False and running()["HUB01"] is True
+        assert fault("kill", "HUB03").stderr.strip() == (
+            "exchange-emu: error: HUB03 is not running")
+        assert fault("start", "hub03").returncode == 0
+        assert running()["HUB03"] is True
+        unknown = fault("restart", "HUB9")
+        assert unknown.returncode == 2 and "no server named 'HUB9'" in unknown.stderr
+
+    status, lines = run_lab(config, tmp_path, while_running=exercise)
+    assert status == 0, "\n".join(lines)
+    assert lines[-1] == "Exchange lab stopped."

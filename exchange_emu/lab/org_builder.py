@@ -73,6 +73,8 @@ class OrgSpec:
     transport: Mapping[str, str | int | bool] = field(default_factory=dict)
     org_server_networks: tuple[str, ...] = ("127.0.0.0/8",)
     sites: tuple[str, ...] = ("Site-A",)
+    admin_port: int | None = None
+    """The lab admin endpoint (``[lab] admin``) of the supervisor."""
     mailbox_databases: Sequence[MailboxDatabaseSpec] = ()
     recipients: Sequence[RecipientSpec] = ()
 
@@ -94,7 +96,8 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
     lines = [
         '[organization]\nname = "Contoso"\n',
         f'[lab]\ndata_root = "{data_root}"\n'
-        f"org_server_networks = {_strings(spec.org_server_networks)}\n",
+        f"org_server_networks = {_strings(spec.org_server_networks)}\n"
+        + (f'admin = "127.0.0.1:{spec.admin_port}"\n' if spec.admin_port else ""),
     ]
     lines += [f'[[sites]]\nname = "{site}"\n' for site in spec.sites]
     lines.append('[[accepted_domains]]\ndomain = "contoso.test"\ntype = "Authoritative"\n'
