@@ -339,6 +339,33 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scenario(args: argparse.Namespace) -> int:
+    """Run scenarios through the running lab and narrate them from the tracking logs."""
+    from exchange_emu.lab.scenarios import SCENARIOS, run
+    from exchange_emu.mailbox.client import SubmitError
+
+    organization = _load(args.config, args.port_offset)
+    wanted = SCENARIOS if args.scenario.lower() == "all" else args.scenario.upper()
+    if wanted not in SCENARIOS or not wanted:
+        return _error(f"no scenario {args.scenario!r}: A, B, C, D, E, F or all")
+    outcome: list[Any] = []
+
+    async def go(reactor: Any) -> None:
+        try:
+            outcome.extend(await run(reactor, organization, wanted,
+                                     lambda line: print(line, flush=True), args.timeout))
+        except (SubmitError, OSError) as e:
+            outcome.append(e)
+
+    _run_twisted(go)
+    if outcome and isinstance(outcome[-1], Exception):
+        return _error(f"{outcome[-1]}; is the lab running (exchange-emu lab)?")
+    failed = [r.scenario for r in outcome if not r.ok]
+    print(f"{len(outcome) - len(failed)} of {len(outcome)} scenarios followed the documented "
+          "steps" + (f"; not: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """A ``password_hash`` value for a recipient of the organization file."""
     import getpass
@@ -483,6 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("action", choices=("kill", "stop", "start", "restart"))
     fault.add_argument("server", metavar="SERVER")
     fault.set_defaults(func=cmd_fault)
+
+    scenario = commands.add_parser(
+        "scenario", help="run a scenario (A-F, or all) through the running lab, narrated",
+        description="Send the message a scenario needs through the running lab, follow it in "
+        "every server's tracking log, print the document's steps as they happened, and say "
+        "whether it followed them.")
+    scenario_commands = scenario.add_subparsers(dest="scenario_command", metavar="COMMAND",
+                                                required=True)
+    scenario_run = scenario_commands.add_parser("run", help="run and narrate")
+    with_config(scenario_run)
+    scenario_run.add_argument("scenario", metavar="A|B|C|D|E|F|all")
+    scenario_run.add_argument("--timeout", type=float, default=60.0,
+                              help="seconds to wait for the steps")
+    scenario_run.set_defaults(func=cmd_scenario)
 
     hashing = commands.add_parser(
         "hash-password", help="make a password_hash for the organization file",
