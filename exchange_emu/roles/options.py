@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.python import usage
@@ -57,8 +56,3 @@ class ServerOptions(OrganizationOptions):
                 f"{', '.join(sorted(server.roles))}, not {role}"
             )
         return organization, server
-
-
-def say(line: str) -> None:
-    """A line for the person who started the server (before logging is set up)."""
-    print(line, file=sys.stderr, flush=True)
