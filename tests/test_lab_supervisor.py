@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ def run_lab(config: Path, cwd: Path, *extra: str,
             if {"MBX01", "HUB01", "HUB02", "MBX02", "HUB03"} <= names and linked >= 3:
                 ready.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         assert ready.wait(60), "\n".join(lines)
         if while_running is not None:
@@ -50,7 +50,8 @@ def run_lab(config: Path, cwd: Path, *extra: str,
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(0.2)  # let the reader take the last lines
+    reader.join(30)  # the output ends with the process: wait for its last lines
+    assert not reader.is_alive(), "the lab's output did not end"
     return status, lines
 
 
