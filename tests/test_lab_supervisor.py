@@ -64,6 +64,9 @@ def test_each_server_is_its_own_process_and_ctrl_c_stops_all(tmp_path):
         "MBX01", "HUB01", "HUB02", "MBX02", "HUB03"}
     assert lines[-1] == "Exchange lab stopped."
     assert sum("Server Shut Down." in line for line in lines) == 5
+    progress = [line for line in lines if line.startswith("[lab] ")]
+    assert progress[-1].startswith("[lab] all 5 servers ready in "), progress
+    assert "(5 of 5 servers ready)" in progress[-2]
     assert not any("exited unexpectedly" in line for line in lines)
 
 

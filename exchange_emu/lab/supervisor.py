@@ -21,6 +21,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from exchange_emu.directory import Organization, Server
+from exchange_emu.lab.processes import READY_MARK
 
 STOP_GRACE = 20.0
 """Seconds a server gets to stop after SIGTERM before it is killed."""
@@ -37,9 +38,12 @@ def role_command(server: Server) -> str:
 class ServerProcessProtocol(ProcessProtocol):
     """One server process: its output, prefixed, and its end."""
 
-    def __init__(self, name: str, write: Callable[[str], None]) -> None:
+    def __init__(self, name: str, write: Callable[[str], None],
+                 on_ready: Callable[[str], None] = lambda name: None) -> None:
         self.name = name
         self.write = write
+        self.on_ready = on_ready
+        self.ready = False
         self.ended: Deferred[int | None] = Deferred()
         self._partial = b""
         self.stopping = False
@@ -48,7 +52,11 @@ class ServerProcessProtocol(ProcessProtocol):
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            self.write(f"[{self.name}] {line.decode('utf-8', 'replace').rstrip()}")
+            text = line.decode("utf-8", "replace").rstrip()
+            self.write(f"[{self.name}] {text}")
+            if not self.ready and READY_MARK in text:
+                self.ready = True
+                self.on_ready(self.name)
 
     errReceived = outReceived
 
@@ -73,6 +81,8 @@ class LabSupervisor:
         self.reactor = reactor
         self.write = write
         self.processes: dict[str, tuple[Any, ServerProcessProtocol]] = {}
+        self._started_at = 0.0
+        self._announced_all = False
 
     def argv(self, server: Server) -> list[str]:
         twistd = str(Path(sys.executable).parent / "twistd")
@@ -84,15 +94,29 @@ class LabSupervisor:
         """Start every server (or one)."""
         servers = ([self.organization.server(name)] if name
                    else list(self.organization.servers.values()))
+        if name is None:
+            self._started_at = self.reactor.seconds()
+            self._announced_all = False
         for server in servers:
             if server.name in self.processes:
                 continue
-            proto = ServerProcessProtocol(server.name, self.write)
+            proto = ServerProcessProtocol(server.name, self.write, self._server_ready)
             argv = self.argv(server)
             env = dict(os.environ, PYTHONUNBUFFERED="1")  # no line lost when a server stops
             transport = self.reactor.spawnProcess(proto, argv[0], argv, env=env)
             self.processes[server.name] = (transport, proto)
             proto.ended.addBoth(self._ended, server.name, proto)
+
+    def _server_ready(self, name: str) -> None:
+        """Start-up progress: one line per server that listens, one when all do."""
+        ready = sum(proto.ready for _, proto in self.processes.values())
+        total = len(self.organization.servers)
+        self.write(f"[lab] {name} is listening ({ready} of {total} servers ready)")
+        if ready == total and not self._announced_all:
+            self._announced_all = True
+            seconds = self.reactor.seconds() - self._started_at
+            self.write(f"[lab] all {total} servers ready in {seconds:.1f} s; "
+                       "try: exchange-emu scenario run all")
 
     def _ended(self, result: object, name: str, proto: ServerProcessProtocol) -> object:
         if self.processes.get(name, (None, None))[1] is proto:
