@@ -48,12 +48,17 @@ class FakePolicy:
         self.refuse_recipients: set[str] = set()
         self.defer_recipients: set[str] = set()
         self.database_guid = DATABASE_GUID
+        self.certificate_servers: dict[bytes, str] = {}
+        """Client certificates (DER) that prove an org server, and which."""
 
     def database_id(self) -> str:
         return base64.b64encode(self.database_guid.bytes).decode()
 
     def is_org_server(self, session: SessionInfo) -> bool:
-        return self.org
+        return self.org or session.certificate_server is not None
+
+    def certificate_server(self, session: SessionInfo) -> str | None:
+        return self.certificate_servers.get(session.peer_certificate or b"")
 
     def check_sender(self, session: SessionInfo, sender: str, params: Any) -> None:
         return None

@@ -557,7 +557,7 @@ def test_authenticated_client_may_only_send_as_itself():
     ehlo(h)
     h.feed(b"AUTH PLAIN " + b64("\0alice@contoso.test\0secret") + b"\r\n")
     assert h.feed(b"MAIL FROM:<bob@contoso.test>\r\n") == (
-        b"550 5.7.60 SMTP; Client does not have permissions to send as this sender\r\n")
+        b"550 5.7.1 Client does not have permissions to send as this sender\r\n")
 
 
 @pytest.mark.parametrize(
