@@ -4,8 +4,10 @@ STARTTLS injection class, and who counts as an Exchange server of the organizati
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl as stdlib_ssl
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,12 @@ class _Strip(protocol.Protocol):
 
 class TlsLoopbackTests(TestCase):
     def setUp(self) -> None:
-        self.lab: CertLab = tls_org(_fresh_dir(self.mktemp()))
+        self.lab: CertLab = tls_org(self.fresh_dir())
+
+    def fresh_dir(self) -> Path:
+        path = Path(tempfile.mkdtemp(prefix="exchange-emu-tls-"))
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
 
     async def listen(self, policy: FakePolicy, credentials: ServerCredentials | None,
                      name: str = "Default HUB02", fqdn: str = "hub02.contoso.test",
@@ -145,7 +152,7 @@ class TlsLoopbackTests(TestCase):
                             "not hub02.contoso.test")
 
     async def test_unknown_ca_is_refused(self):
-        other = tls_org(_fresh_dir(self.mktemp()))
+        other = tls_org(self.fresh_dir())
         reissue(self.lab, "HUB02", authority_of=other)
         policy = FakePolicy(org=False)
         port = await self.listen(policy, unchecked_credentials(self.lab, "HUB02"))
@@ -252,12 +259,6 @@ class TlsLoopbackTests(TestCase):
         self.assertTrue(own.startswith(b"250 "))
         self.assertEqual(discards, b"250 0b6a6a22-6a0c-4c5c-9a3e-0d1b2e3f4a5b\r\n")
         self.assertEqual(policy.discards[HUB01_CONTEXT], [SHADOW_ID])
-
-
-def _fresh_dir(name: str) -> Path:
-    path = Path(name).absolute()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class _Lines:
