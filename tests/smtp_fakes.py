@@ -111,6 +111,22 @@ class Harness:
         return out
 
 
+class TLSStringTransport(StringTransport):
+    """A StringTransport whose ``startTLS`` "completes" at once (the session logic after a
+    handshake, without one); ``peer_certificate`` is what the client "presented"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls_started: list[object] = []
+        self.peer_certificate: Any = None
+
+    def startTLS(self, context: object, normal: bool = True) -> None:
+        self.tls_started.append(context)
+
+    def getPeerCertificate(self) -> Any:
+        return self.peer_certificate
+
+
 def connect(
     policy: FakePolicy | None = None, settings: ServerSettings | None = None
 ) -> Harness:
@@ -122,8 +138,8 @@ def connect(
     )
     factory = ExchangeESMTPFactory(settings, policy, clock)
     proto = factory.buildProtocol(None)
-    transport = StringTransport(peerAddress=_addr("127.0.0.1", 50000),
-                                hostAddress=_addr("127.0.0.1", 2530))
+    transport = TLSStringTransport(peerAddress=_addr("127.0.0.1", 50000),
+                                   hostAddress=_addr("127.0.0.1", 2530))
     proto.makeConnection(transport)
     return Harness(transport, proto, policy, clock)
 

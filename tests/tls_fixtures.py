@@ -36,7 +36,8 @@ class CertLab:
 
 
 def tls_org(directory: Path, ports: dict[str, int] | None = None,
-            trust_networks: tuple[str, ...] = (), client_port: int | None = None) -> CertLab:
+            trust_networks: tuple[str, ...] = (), client_port: int | None = None,
+            internet_require_tls: bool = False) -> CertLab:
     """HUB01, HUB02, HUB03 (hubs of Site-A), MBX01 (alice, password P@ssw0rd) and INTERNET01
     (fabrikam.test); HUB02 sends Internet mail to INTERNET01. Certificates made on disk;
     the lab trust rule is off unless ``trust_networks`` says otherwise."""
@@ -48,7 +49,8 @@ def tls_org(directory: Path, ports: dict[str, int] | None = None,
          ServerSpec("HUB03", "hub", ports.get("HUB03", 4)),
          ServerSpec("INTERNET01", "legacy", ports.get("INTERNET01", 5), site=None,
                     version="non-exchange", local_domains=("fabrikam.test",))],
-        send_connectors=[SendConnectorSpec("Internet", ("HUB02",), ("INTERNET01",))],
+        send_connectors=[SendConnectorSpec("Internet", ("HUB02",), ("INTERNET01",),
+                                           require_tls=internet_require_tls)],
         org_server_networks=trust_networks,
         mailbox_databases=[MailboxDatabaseSpec("DB01", "MBX01")],
         recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01",

@@ -551,7 +551,7 @@ class ExchangeESMTP(Protocol):
         proved = self.session.certificate_server
         if proved is not None and context.server_name.lower() != proved.lower():
             # A server proved by certificate shadows (and collects discards) only as itself.
-            self.protocol_log.info(f"XSHADOW context names {context.server_name}, "
+            self.protocol_log.info(f"XSHADOW context names {context.server_name}; "
                                    f"certificate proves {proved}")
             return replies.NOT_AUTHORIZED
         self._xshadow_used = True

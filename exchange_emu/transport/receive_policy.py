@@ -104,8 +104,8 @@ class TransportReceivePolicy:
         return verify_password(recipient.password_hash, password)
 
     def check_recipient(self, session: SessionInfo, sender: str, rcpt: Recipient) -> Reply | None:
-        if session.org_server:
-            return None
+        if session.org_server or session.authenticated_as is not None:
+            return None  # ExchangeServers and authenticated ExchangeUsers may relay
         if domain_of(rcpt.address) in self.server.local_domains:
             return None  # a legacy or Internet server's own domain
         if self.organization.accepted_domain(domain_of(rcpt.address)) is None:
