@@ -61,6 +61,7 @@ def tls_org(directory: Path, ports: dict[str, int] | None = None,
                    "TransientFailureRetryInterval": "00:00:01",
                    "MessageRetryInterval": "00:00:01"},
     )
+    directory.mkdir(parents=True, exist_ok=True)
     config = write_org(directory / "tls.toml", spec)
     organization = load_organization(config)
     ensure_certificates(organization)
