@@ -16,6 +16,7 @@ from twisted.internet import protocol, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
+from exchange_emu.security.authority import ensure_certificates
 from exchange_emu.security.credentials import ServerCredentials
 from exchange_emu.security.tls import send_tls, server_options
 from exchange_emu.smtp.client import OutboundMessage, SessionOutcome, SessionRequest, send_session
@@ -24,6 +25,7 @@ from exchange_emu.smtp.interfaces import ServerSettings, SessionInfo
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 
 from smtp_fakes import FakePolicy
+from test_transport_engine import EngineHarness
 
 HUB01_CONTEXT = encode_shadow_context("0f3b0c50-985c-4e23-a9b7-4a7b46d456e0", "HUB01",
                                       "hub01.contoso.test")
@@ -348,3 +350,40 @@ def _shadow_as(port: int, ca: Path, cert: Path | None, key: Path | None
         own = secure.command(b"XSHADOW " + HUB03_CONTEXT.encode())
         discards = secure.command(b"XQDISCARD 50")
         return spoof, own, discards
+
+
+class EngineTlsTests(EngineHarness):
+    """HUB01's engine towards org servers whose certificates it cannot accept."""
+
+    async def start_tls_fake(self, lab: CertLab, name: str) -> FakePolicy:
+        policy = FakePolicy()
+        settings = ServerSettings(f"Default {name}", self.organization.server(name).fqdn,
+                                  tls=server_options(unchecked_credentials(lab, name)))
+        factory = ExchangeESMTPFactory(settings, policy, reactor)
+        self.listeners[name] = await TCP4ServerEndpoint(
+            reactor, self.ports[name], interface="127.0.0.1").listen(factory)
+        return policy
+
+    async def test_refused_certificate_leaves_the_queue_in_retry_and_loses_nothing(self):
+        await self.start(fakes=())
+        ensure_certificates(self.organization)
+        lab = CertLab(self.organization, self.organization.source)
+        self.engine.credentials = lab.credentials("HUB01")
+        for name in ("HUB02", "HUB03"):
+            reissue(lab, name, expired=True)
+        bad = [await self.start_tls_fake(lab, name) for name in ("HUB02", "HUB03")]
+        internal_id = await self.submit()
+        queue = self.engine.queues["Internet via EDGE01"]
+        self.assertEqual(queue.status, "Retry")
+        self.assertIn("451 4.4.0 TLS negotiation failed: certificate expired",
+                      queue.last_error or "")
+        self.assertEqual([p.stored for p in bad], [[], []])
+        message = await self.store.get_message(internal_id)
+        self.assertEqual(message.recipients[0].status, "retry")
+        # A renewed certificate: the next retry delivers.
+        await self.stop_fake("HUB02")
+        reissue(lab, "HUB02")
+        good = await self.start_tls_fake(lab, "HUB02")
+        await self.advance(60, step=1)
+        self.assertEqual(len(good.stored), 1)
+        self.assertTrue(good.stored[0].message.session.tls)
