@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from test_transport_engine import EngineHarness
 from tls_fixtures import CertLab, reissue, tls_org, unchecked_credentials
 from twisted.internet import protocol, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
@@ -25,7 +26,6 @@ from exchange_emu.smtp.interfaces import ServerSettings, SessionInfo
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 
 from smtp_fakes import FakePolicy
-from test_transport_engine import EngineHarness
 
 HUB01_CONTEXT = encode_shadow_context("0f3b0c50-985c-4e23-a9b7-4a7b46d456e0", "HUB01",
                                       "hub01.contoso.test")
