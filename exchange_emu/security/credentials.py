@@ -142,30 +142,35 @@ class ServerCredentials:
                                   f"the organization")
 
 
-def load_credentials(organization: Organization, server: Server) -> ServerCredentials | None:
+def load_credentials(organization: Organization, server: Server,
+                     certificate: Path | None = None, key_file: Path | None = None,
+                     fqdn: str | None = None) -> ServerCredentials | None:
     """The server's credentials; None when the organization has no certificates at all
     (no ``[tls]`` table and no generated CA: TLS stays off, as before ``certs init``).
+    ``certificate``/``key_file``/``fqdn``: a receive connector's own certificate instead.
     Raises CertificateError for anything present but unusable."""
     tls = organization.tls
     if tls is None:
         return None
-    if not tls.configured and not server.certificate_configured and (
+    if not tls.configured and not server.certificate_configured and certificate is None and (
             not tls.ca_certificate.exists()):
         return None
-    assert server.certificate is not None and server.certificate_key is not None
+    certificate = certificate or server.certificate
+    key_file = key_file or server.certificate_key
+    name = fqdn or server.fqdn
+    assert certificate is not None and key_file is not None
     authority = read_certificates(tls.ca_certificate, "CA certificate")[0]
-    chain = read_certificates(server.certificate, f"{server.name}: certificate")
-    key = read_private_key(server.certificate_key, f"{server.name}: key")
+    chain = read_certificates(certificate, f"{server.name}: certificate")
+    key = read_private_key(key_file, f"{server.name}: key")
     leaf = chain[0]
     if _public_bytes(key.public_key()) != _public_bytes(leaf.public_key()):
-        raise CertificateError(f"{server.name}: key {server.certificate_key} does not match "
-                               f"certificate {server.certificate}")
-    if server.fqdn not in dns_names(leaf):
-        raise CertificateError(f"{server.name}: certificate {server.certificate} is for "
-                               f"{', '.join(dns_names(leaf)) or 'no DNS name'}, "
-                               f"not {server.fqdn}")
+        raise CertificateError(f"{server.name}: key {key_file} does not match "
+                               f"certificate {certificate}")
+    if name not in dns_names(leaf):
+        raise CertificateError(f"{server.name}: certificate {certificate} is for "
+                               f"{', '.join(dns_names(leaf)) or 'no DNS name'}, not {name}")
     signer = chain[1] if len(chain) > 1 else authority
     if not issued_by(leaf, signer) or (len(chain) > 1 and not issued_by(chain[-1], authority)):
-        raise CertificateError(f"{server.name}: certificate {server.certificate} is not issued "
+        raise CertificateError(f"{server.name}: certificate {certificate} is not issued "
                                f"by the organization CA {tls.ca_certificate}")
     return ServerCredentials(organization, server, authority, tuple(chain), key)

@@ -18,7 +18,7 @@ from exchange_emu.directory import Organization, ReceiveConnector, Server
 from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.protocol_log import ProtocolLog
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
-from exchange_emu.security.credentials import load_credentials
+from exchange_emu.security.credentials import CertificateError, load_credentials
 from exchange_emu.security.tls import server_options
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
@@ -100,16 +100,32 @@ class TransportServer(service.MultiService):
             self.engine.store_driver = self.store_driver
             self.store_driver.setServiceParent(self)
         for connector in server.receive_connectors:
+            connector_tls = self._connector_tls(connector, tls)
             policy = TransportReceivePolicy(
                 organization, server, connector, self.store, clock, self.tracking_log,
                 on_submitted=self.engine.submitted, delayed_ack=self.delayed_ack,
                 credentials=self.credentials,
             )
             factory = ExchangeESMTPFactory(
-                receive_settings(server, connector, tls), policy, clock, self.receive_log
+                receive_settings(server, connector, connector_tls), policy, clock,
+                self.receive_log
             )
             Listener(server.name, f"receive connector '{connector.name}'", connector.bind,
                      factory, reactor).setServiceParent(self)
+
+    def _connector_tls(self, connector: ReceiveConnector, tls: Any) -> Any:
+        """The connector's own certificate (``tls_certificate``) or the server's; a
+        connector that requires TLS must have one (CertificateError otherwise)."""
+        if connector.tls_certificate is not None:
+            own = load_credentials(self.organization, self.server, connector.tls_certificate,
+                                   connector.tls_private_key, connector.fqdn)
+            assert own is not None
+            return server_options(own)
+        if tls is None and connector.require_tls:
+            raise CertificateError(
+                f"{self.server.name}: receive connector '{connector.name}' has require_tls "
+                "but the server has no certificate (run: exchange-emu certs init)")
+        return tls
 
     async def _replicated(self, database: str, up_to: float) -> int:
         """The mailbox server replicated ``database`` up to ``up_to``: the transport
