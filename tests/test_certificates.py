@@ -16,6 +16,8 @@ from exchange_emu.directory import OrganizationFileError, load_organization
 from exchange_emu.lab.org_builder import OrgSpec, ServerSpec, write_org
 from exchange_emu.lab.processes import ServerProcess, free_ports
 from exchange_emu.security import CertificateError, ensure_certificates, load_credentials
+from exchange_emu.security.authority import issue_certificate, write_pair
+from exchange_emu.security.credentials import read_certificates, read_private_key
 
 
 def test_init_makes_a_ca_and_one_certificate_per_server_once(tmp_path):
@@ -189,3 +191,66 @@ def test_tls_table_and_require_tls_in_the_organization_file(tmp_path):
     (tmp_path / "org.toml").write_text(text.replace("[tls]\n", "[tls]\nca_file = 1\n"))
     with pytest.raises(OrganizationFileError, match="ca_file"):
         load_organization(tmp_path / "org.toml")
+
+
+def _transport_server(config: Path):  # type: ignore[no-untyped-def]
+    from twisted.internet import reactor
+
+    from exchange_emu.transport.server import TransportServer
+
+    org = load_organization(config)
+    return TransportServer(org, org.server("HUB01"), reactor)
+
+
+def _connector_settings(server) -> dict:  # type: ignore[no-untyped-def]
+    from exchange_emu.listening import Listener
+
+    return {child._inner.factory.settings.connector_name: child._inner.factory.settings
+            for child in server if isinstance(child, Listener)}
+
+
+def test_receive_connector_with_its_own_certificate(tmp_path):
+    """tls_certificate on a connector: that certificate (for the connector's FQDN) is the
+    one STARTTLS offers there; the server's own is used on its other connectors."""
+    lab = tls_org(tmp_path)
+    tls = lab.organization.tls
+    ca = read_certificates(tls.ca_certificate, "CA")[0]
+    issued = issue_certificate(ca, read_private_key(tls.ca_key, "CA key"), "smtp.contoso.test")
+    write_pair(issued, tmp_path / "smtp.pem", tmp_path / "smtp.key")
+    text = lab.config.read_text().replace(
+        'smtp = "127.0.0.1:2"\nsite = "Site-A"\n',
+        'smtp = "127.0.0.1:2"\nsite = "Site-A"\n'
+        '[[servers.receive_connectors]]\nname = "Default HUB01"\nbind = "127.0.0.1:2"\n'
+        '[[servers.receive_connectors]]\nname = "Secure HUB01"\nbind = "127.0.0.1:7"\n'
+        'fqdn = "smtp.contoso.test"\nrequire_tls = true\n'
+        f'tls_certificate = "{tmp_path}/smtp.pem"\ntls_private_key = "{tmp_path}/smtp.key"\n')
+    assert "Secure HUB01" in text
+    lab.config.write_text(text)
+    settings = _connector_settings(_transport_server(lab.config))
+
+    def offered(name: str) -> str:
+        context = settings[name].tls.getContext()
+        from OpenSSL import SSL
+
+        connection = SSL.Connection(context, None)
+        return connection.get_certificate().to_cryptography().subject.rfc4514_string()
+
+    assert offered("Secure HUB01") == "CN=smtp.contoso.test"
+    assert offered("Default HUB01") == "CN=hub01.contoso.test,O=Contoso"
+    assert settings["Secure HUB01"].require_tls
+    # The connector's certificate must name the connector's FQDN.
+    lab.config.write_text(text.replace('fqdn = "smtp.contoso.test"\n', ""))
+    with pytest.raises(CertificateError, match="is for smtp.contoso.test, not hub01"):
+        _transport_server(lab.config)
+
+
+def test_require_tls_connector_needs_a_certificate(tmp_path):
+    spec = OrgSpec([ServerSpec("HUB01", "hub", 2525)])
+    config = write_org(tmp_path / "org.toml", spec)
+    text = config.read_text() + (
+        '[[servers.receive_connectors]]\nname = "Default HUB01"\nbind = "127.0.0.1:2525"\n'
+        "require_tls = true\n")
+    config.write_text(text)
+    with pytest.raises(CertificateError, match="'Default HUB01' has require_tls but the "
+                                               "server has no certificate"):
+        _transport_server(config)
