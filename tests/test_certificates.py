@@ -240,7 +240,7 @@ def test_receive_connector_with_its_own_certificate(tmp_path):
     assert settings["Secure HUB01"].require_tls
     # The connector's certificate must name the connector's FQDN.
     lab.config.write_text(text.replace('fqdn = "smtp.contoso.test"\n', ""))
-    with pytest.raises(CertificateError, match="is for smtp.contoso.test, not hub01"):
+    with pytest.raises(CertificateError, match=r"is for smtp\.contoso\.test, not hub01"):
         _transport_server(lab.config)
 
 
