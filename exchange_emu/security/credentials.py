@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
@@ -76,7 +77,7 @@ def issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> boo
     """Whether ``authority`` signed ``certificate``."""
     try:
         certificate.verify_directly_issued_by(authority)
-    except (ValueError, TypeError, Exception):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -359,8 +360,6 @@ class ExchangeESMTP(Protocol):
         certificate = get() if get is not None else None
         if certificate is None:
             return None
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         return bytes(certificate.to_cryptography().public_bytes(Encoding.DER))
 
     def _identify_peer(self) -> None:
