@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from exchange_emu.security.authority import ensure_certificates
 from exchange_emu.security.credentials import ServerCredentials
-from exchange_emu.security.tls import send_tls, server_options
+from exchange_emu.security.tls import ClientContexts, send_tls, server_options
 from exchange_emu.smtp.client import OutboundMessage, SessionOutcome, SessionRequest, send_session
 from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.smtp.interfaces import ServerSettings, SessionInfo
@@ -112,7 +112,7 @@ class TlsLoopbackTests(TestCase):
                    to_server: str | None = "HUB02", require: bool = False,
                    context: str | None = HUB01_CONTEXT) -> SessionOutcome:
         org = self.lab.organization
-        tls, required = send_tls(self.lab.credentials(sender),
+        tls, required = send_tls(ClientContexts(self.lab.credentials(sender)),
                                  org.server(to_server) if to_server else None, hostname,
                                  require)
         request = SessionRequest(f"{sender.lower()}.contoso.test", [message()],
@@ -368,7 +368,7 @@ class EngineTlsTests(EngineHarness):
         await self.start(fakes=())
         ensure_certificates(self.organization)
         lab = CertLab(self.organization, self.organization.source)
-        self.engine.credentials = lab.credentials("HUB01")
+        self.engine.client_tls = ClientContexts(lab.credentials("HUB01"))
         for name in ("HUB02", "HUB03"):
             reissue(lab, name, expired=True)
         bad = [await self.start_tls_fake(lab, name) for name in ("HUB02", "HUB03")]

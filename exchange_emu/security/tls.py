@@ -147,7 +147,31 @@ def _name_problem(certificate: Any, hostname: str) -> str | None:
     return None
 
 
-def send_tls(credentials: ServerCredentials | None, server: Server | None, hostname: str,
+class ClientContexts:
+    """One server's client TLS contexts, built once per peer name and reused: loading the
+    certificate and building an OpenSSL context costs milliseconds per session."""
+
+    def __init__(self, credentials: ServerCredentials) -> None:
+        self.credentials = credentials
+        self._verifying: dict[str, Any] = {}
+        self._opportunistic: Any = None
+
+    def verifying(self, hostname: str) -> VerifyingClientTLS:
+        """Verify the peer against the organization CA and ``hostname`` (a fresh
+        ``problem`` per session, a shared OpenSSL context)."""
+        inner = self._verifying.get(hostname)
+        if inner is None:
+            inner = self._verifying[hostname] = client_options(self.credentials,
+                                                               hostname).inner
+        return VerifyingClientTLS(hostname, inner)
+
+    def opportunistic(self) -> Any:
+        if self._opportunistic is None:
+            self._opportunistic = client_options(self.credentials, None)
+        return self._opportunistic
+
+
+def send_tls(contexts: ClientContexts | None, server: Server | None, hostname: str,
              require_tls: bool) -> tuple[Any, bool]:
     """The STARTTLS policy of one outbound session: (client context or None, required).
 
@@ -158,10 +182,10 @@ def send_tls(credentials: ServerCredentials | None, server: Server | None, hostn
       that offers no STARTTLS (no certificate, or an older server).
     - Anyone else (the Internet): opportunistic, encryption without verification.
     """
-    if credentials is None:
+    if contexts is None:
         return None, require_tls
     if require_tls:
-        return client_options(credentials, hostname), True
+        return contexts.verifying(hostname), True
     if server is not None and server.is_exchange:
-        return client_options(credentials, server.fqdn), False
-    return client_options(credentials, None), False
+        return contexts.verifying(server.fqdn), False
+    return contexts.opportunistic(), False

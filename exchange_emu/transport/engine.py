@@ -28,8 +28,7 @@ from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, Server
 from exchange_emu.faults import crash_point
-from exchange_emu.security.credentials import ServerCredentials
-from exchange_emu.security.tls import send_tls
+from exchange_emu.security.tls import ClientContexts, send_tls
 from exchange_emu.smtp.client import (
     OutboundMessage,
     SessionOutcome,
@@ -134,8 +133,9 @@ class TransportEngine(service.Service):
         self.queues: dict[str, DeliveryQueue] = {}
         self.down_until: dict[str, float] = {}
         self.store_driver: HubStoreDriver | None = None
-        self.credentials: ServerCredentials | None = None
-        """This server's certificate and the organization CA (None: no TLS)."""
+        self.client_tls: ClientContexts | None = None
+        """This server's client TLS contexts (its certificate, the organization CA);
+        None: no certificate, no STARTTLS."""
         self.delayed_ack: DelayedAcknowledgement | None = None
         self.categorizer = Categorizer(self)
         self.shadow = ShadowRedundancy(self)
@@ -153,7 +153,7 @@ class TransportEngine(service.Service):
         if target.server is not None:
             with contextlib.suppress(LookupError):
                 server = self.organization.server(target.server)
-        tls, required = send_tls(self.credentials, server, target.fqdn or target.address.host,
+        tls, required = send_tls(self.client_tls, server, target.fqdn or target.address.host,
                                  hop.require_tls)
         return dataclasses.replace(request, tls=tls, require_tls=required)
 

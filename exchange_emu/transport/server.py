@@ -19,7 +19,7 @@ from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.protocol_log import ProtocolLog
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
 from exchange_emu.security.credentials import CertificateError, load_credentials
-from exchange_emu.security.tls import server_options
+from exchange_emu.security.tls import ClientContexts, server_options
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
@@ -89,8 +89,11 @@ class TransportServer(service.MultiService):
         )
         self.engine.delayed_ack = self.delayed_ack = DelayedAcknowledgement(clock)
         # Raises CertificateError (one line) for certificates present but unusable.
-        self.credentials = self.engine.credentials = load_credentials(organization, server)
-        tls = server_options(self.credentials) if self.credentials is not None else None
+        self.credentials = load_credentials(organization, server)
+        tls = None
+        if self.credentials is not None:
+            tls = server_options(self.credentials)
+            self.engine.client_tls = ClientContexts(self.credentials)
         self.engine.setServiceParent(self)
         if server.has_role("hub") and server.site is not None:
             self.store_driver = HubStoreDriver(
