@@ -81,6 +81,8 @@ def test_hubs_shadow_each_other_over_tls_with_certificates_only(started):
     logs = certs.organization.server("HUB02").data_dir / "TransportRoles" / "Logs"
     wait_for_log(logs, "TLS: client certificate proves HUB01")
     wait_for_log(logs, "XSHADOW context names HUB01; certificate proves HUB03")
+    hub01_logs = certs.organization.server("HUB01").data_dir / "TransportRoles" / "Logs"
+    wait_for_log(hub01_logs, "TLS negotiated; certificate of hub02.contoso.test verified")
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:

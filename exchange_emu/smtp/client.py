@@ -348,15 +348,21 @@ class _Conversation:
         transport: Any = self.proto.transport
         transport.startTLS(self.request.tls)
         self.outcome.tls = True
+        verified = getattr(self.request.tls, "hostname", None)
         try:
-            return await self.hello()
+            greeted = await self.hello()
         except (CancelledError, TimeoutError):
             raise
         except Exception as e:  # the handshake failed: no certificate we trust, wrong name
             self.outcome.tls_failed = True
             problem = getattr(self.request.tls, "problem", None) or _tls_failure(e)
             self.outcome.error = f"TLS negotiation failed: {problem}"
+            self.proto.protocol_log.info(self.outcome.error)
             return False
+        self.proto.protocol_log.info(
+            f"TLS negotiated; certificate of {verified} verified" if verified
+            else "TLS negotiated (opportunistic: certificate not verified)")
+        return greeted
 
     async def xshadow(self) -> None:
         """Ask the peer to become primary for this session's messages (D.3)."""
