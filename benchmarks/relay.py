@@ -79,6 +79,9 @@ class SinkPolicy:
     def is_org_server(self, session: SessionInfo) -> bool:
         return False
 
+    def certificate_server(self, session: SessionInfo) -> str | None:
+        return None
+
     def check_sender(self, session: Any, sender: str, params: Any) -> None:
         return None
 

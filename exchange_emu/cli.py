@@ -42,6 +42,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         for server in organization.servers.values():
             if server.data_dir.exists():
                 shutil.rmtree(server.data_dir)
+    from exchange_emu.security.cli_certs import prepare_certificates
+
+    for line in prepare_certificates(organization):
+        print(f"certificate created: {line}")
     print(f"Exchange lab: organization {organization.name} from {args.config}")
     print(server_table(organization))
     print("Logs and queue databases: under each server's DATA folder above. "
@@ -395,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--single-process", action="store_true",
                      help="run every server in this one process (default: one process each)")
     lab.set_defaults(func=cmd_lab)
+
+    from exchange_emu.security.cli_certs import register as register_certs
+
+    register_certs(commands, with_config)
 
     check = commands.add_parser("check-config", help="validate an organization file")
     with_config(check)

@@ -48,12 +48,17 @@ class FakePolicy:
         self.refuse_recipients: set[str] = set()
         self.defer_recipients: set[str] = set()
         self.database_guid = DATABASE_GUID
+        self.certificate_servers: dict[bytes, str] = {}
+        """Client certificates (DER) that prove an org server, and which."""
 
     def database_id(self) -> str:
         return base64.b64encode(self.database_guid.bytes).decode()
 
     def is_org_server(self, session: SessionInfo) -> bool:
-        return self.org
+        return self.org or session.certificate_server is not None
+
+    def certificate_server(self, session: SessionInfo) -> str | None:
+        return self.certificate_servers.get(session.peer_certificate or b"")
 
     def check_sender(self, session: SessionInfo, sender: str, params: Any) -> None:
         return None
@@ -106,6 +111,22 @@ class Harness:
         return out
 
 
+class TLSStringTransport(StringTransport):
+    """A StringTransport whose ``startTLS`` "completes" at once (the session logic after a
+    handshake, without one); ``peer_certificate`` is what the client "presented"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls_started: list[object] = []
+        self.peer_certificate: Any = None
+
+    def startTLS(self, context: object, normal: bool = True) -> None:
+        self.tls_started.append(context)
+
+    def getPeerCertificate(self) -> Any:
+        return self.peer_certificate
+
+
 def connect(
     policy: FakePolicy | None = None, settings: ServerSettings | None = None
 ) -> Harness:
@@ -117,8 +138,8 @@ def connect(
     )
     factory = ExchangeESMTPFactory(settings, policy, clock)
     proto = factory.buildProtocol(None)
-    transport = StringTransport(peerAddress=_addr("127.0.0.1", 50000),
-                                hostAddress=_addr("127.0.0.1", 2530))
+    transport = TLSStringTransport(peerAddress=_addr("127.0.0.1", 50000),
+                                   hostAddress=_addr("127.0.0.1", 2530))
     proto.makeConnection(transport)
     return Harness(transport, proto, policy, clock)
 

@@ -145,15 +145,25 @@ def test_lossy_failover_redelivers_from_the_dumpster_once(lab):
 
 def test_client_submission_connector_authenticates_and_never_shadows(lab):
     """Scenario A over SMTP: alice authenticates on HUB01's Client connector (smtplib
-    as the mail client), may send only as herself, and the hub logs that no shadow
-    exists for this leg; the message then reaches carol's Inbox."""
+    as the mail client) inside TLS, may send only as herself, and the hub logs that no
+    shadow exists for this leg; the message then reaches carol's Inbox."""
     import smtplib
+    import ssl
+
+    from exchange_emu.security import ensure_certificates
 
     process_lab, config = lab
+    ensure_certificates(process_lab.organization)  # AUTH only inside TLS
     process_lab.start("MBX01", "MBX02", "HUB03", "HUB01", "HUB02")
     port = next(c.bind.port for c in process_lab.organization.server("HUB01").receive_connectors
                 if c.usage == "Client")
+    tls = ssl.create_default_context(
+        cafile=str(process_lab.organization.tls.ca_certificate))  # type: ignore[union-attr]
+    tls.check_hostname = False  # dialled as 127.0.0.1; the chain is still verified
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo("laptop.contoso.test")
+        assert not client.has_extn("auth")
+        client.starttls(context=tls)
         client.ehlo("laptop.contoso.test")
         assert "xshadow" not in client.esmtp_features
         with pytest.raises(smtplib.SMTPAuthenticationError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import pytest
 
@@ -557,7 +558,96 @@ def test_authenticated_client_may_only_send_as_itself():
     ehlo(h)
     h.feed(b"AUTH PLAIN " + b64("\0alice@contoso.test\0secret") + b"\r\n")
     assert h.feed(b"MAIL FROM:<bob@contoso.test>\r\n") == (
-        b"550 5.7.60 SMTP; Client does not have permissions to send as this sender\r\n")
+        b"550 5.7.1 Client does not have permissions to send as this sender\r\n")
+
+
+CLIENT_TLS = dataclasses.replace(CLIENT, tls=object(), auth_requires_tls=True)
+
+
+def test_basic_auth_requires_tls_first():
+    """BasicAuthRequireTLS: no AUTH in EHLO before STARTTLS, 530 5.7.0 for AUTH; after
+    the handshake the session starts over, AUTH is offered and works."""
+    h = connect(FakePolicy(org=False), settings=CLIENT_TLS)
+    h.output()
+    plain = ehlo(h)
+    assert b"AUTH" not in plain and b"250-STARTTLS\r\n" in plain
+    assert b"X-ANONYMOUSTLS" not in plain
+    assert h.feed(b"AUTH PLAIN " + b64("\0alice@contoso.test\0secret") + b"\r\n") == (
+        b"530 5.7.0 Must issue a STARTTLS command first\r\n")
+    assert h.feed(b"MAIL FROM:<alice@contoso.test>\r\n") == (
+        b"530 5.7.1 Client was not authenticated\r\n")
+    assert h.feed(b"STARTTLS\r\n") == b"220 2.0.0 SMTP server ready\r\n"
+    assert h.transport.tls_started == [CLIENT_TLS.tls]
+    assert h.feed(b"MAIL FROM:<alice@contoso.test>\r\n") == b"503 5.5.2 Send hello first\r\n"
+    secure = ehlo(h)
+    assert b"250-AUTH LOGIN PLAIN\r\n" in secure and b"STARTTLS" not in secure
+    assert h.feed(b"AUTH PLAIN " + b64("\0alice@contoso.test\0wrong") + b"\r\n") == (
+        b"535 5.7.3 Authentication unsuccessful\r\n")
+    assert h.feed(b"AUTH PLAIN " + b64("\0alice@contoso.test\0secret") + b"\r\n") == (
+        b"235 2.7.0 Authentication successful\r\n")
+    assert h.feed(b"MAIL FROM:<bob@contoso.test>\r\n") == (
+        b"550 5.7.1 Client does not have permissions to send as this sender\r\n")
+    assert h.feed(b"MAIL FROM:<Alice@Contoso.test>\r\n") == b"250 2.1.0 Sender OK\r\n"
+
+
+def test_require_tls_connector_refuses_mail_in_clear():
+    """RequireTLS on a receive connector: MAIL only inside TLS."""
+    settings = ServerSettings("Default HUB01", "hub01.contoso.test", tls=object(),
+                              require_tls=True)
+    h = connect(FakePolicy(org=False), settings=settings)
+    h.output()
+    ehlo(h)
+    assert h.feed(b"MAIL FROM:<a@contoso.test>\r\n") == (
+        b"530 5.7.0 Must issue a STARTTLS command first\r\n")
+    h.feed(b"STARTTLS\r\n")
+    ehlo(h)
+    assert h.feed(b"MAIL FROM:<a@contoso.test>\r\n") == b"250 2.1.0 Sender OK\r\n"
+
+
+def test_certificate_proved_server_gets_shadow_verbs_only_as_itself():
+    """After TLS with a client certificate the policy maps to HUB01: XSHADOW is offered,
+    HUB01's context is accepted, another server's context is 550 5.7.1."""
+    policy = FakePolicy(org=False)
+    policy.certificate_servers[b"hub01-der"] = "HUB01"
+    settings = ServerSettings("Default HUB02", "hub02.contoso.test", tls=object())
+    h = connect(policy, settings=settings)
+    h.output()
+    assert b"XSHADOW" not in ehlo(h)
+    h.feed(b"STARTTLS\r\n")
+
+    class Presented:
+        def to_cryptography(self):
+            class Cert:
+                def public_bytes(self, encoding):
+                    return b"hub01-der"
+            return Cert()
+
+    h.transport.peer_certificate = Presented()
+    assert ehlo(h).endswith(b"250-XEXCH50\r\n250-XRDST\r\n250 XSHADOW\r\n")
+    other = encode_shadow_context("0f3b0c50-985c-4e23-a9b7-4a7b46d456e0", "HUB03", "")
+    assert h.feed(f"XSHADOW {other}\r\n".encode()) == b"550 5.7.1 Not authorized\r\n"
+    assert h.feed(f"XSHADOW {CONTEXT}\r\n".encode()) == f"250 {DB_ID}\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("flavor", "client", "expected"),
+    [
+        ("2010", False, [b"STARTTLS", b"X-ANONYMOUSTLS"]),
+        ("2007", False, [b"STARTTLS", b"X-ANONYMOUSTLS"]),
+        ("2003", False, [b"STARTTLS"]),
+        ("non-exchange", False, [b"STARTTLS"]),
+        ("2010", True, [b"STARTTLS"]),
+    ],
+)
+def test_tls_keywords_per_flavor_and_connector(flavor, client, expected):
+    settings = ServerSettings("C", "hub01.contoso.test", tls=object(), flavor=flavor,
+                              client_connector=client)
+    h = connect(FakePolicy(org=False), settings=settings)
+    h.output()
+    words = [line[4:] for line in ehlo(h).split(b"\r\n") if line]
+    assert [w for w in words if w in (b"STARTTLS", b"X-ANONYMOUSTLS")] == expected
+    if b"X-ANONYMOUSTLS" not in expected:
+        assert h.feed(b"X-ANONYMOUSTLS\r\n") == b"500 5.3.3 Unrecognized command\r\n"
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from exchange_emu.directory.model import (
     Server,
     Site,
     SiteLink,
+    TlsSettings,
 )
 from exchange_emu.directory.timespan import format_timespan, parse_timespan
 from exchange_emu.directory.transport_settings import EXCHANGE_NAMES, TransportSettings
@@ -49,6 +50,7 @@ __all__ = [
     "Server",
     "Site",
     "SiteLink",
+    "TlsSettings",
     "TransportSettings",
     "UnknownServerError",
     "format_byte_size",

@@ -37,6 +37,7 @@ from exchange_emu.directory.model import (
     Server,
     Site,
     SiteLink,
+    TlsSettings,
 )
 from exchange_emu.directory.names import (
     domain_matches,
@@ -59,7 +60,9 @@ TOP_KEYS: Final = (
     "recipients",
     "send_connectors",
     "transport",
+    "tls",
 )
+TLS_KEYS: Final = ("directory", "ca_certificate", "ca_key")
 ORGANIZATION_KEYS: Final = ("name",)
 LAB_KEYS: Final = ("admin", "data_root", "org_server_networks")
 SITE_KEYS: Final = ("name",)
@@ -80,6 +83,8 @@ SERVER_KEYS: Final = (
     "mailbox_store_url",
     "local_domains",
     "receive_connectors",
+    "certificate",
+    "key",
 )
 RECEIVE_CONNECTOR_KEYS: Final = (
     "name",
@@ -113,6 +118,7 @@ RECEIVE_CONNECTOR_KEYS: Final = (
     "tls_private_key",
     "require_tls",
     "auth_mechanisms",
+    "basic_auth_require_tls",
 )
 MAILBOX_DATABASE_KEYS: Final = ("name", "server")
 RECIPIENT_KEYS: Final = ("address", "display_name", "database", "server", "password",
@@ -124,6 +130,7 @@ SEND_CONNECTOR_KEYS: Final = (
     "smart_hosts",
     "cost",
     "max_message_size",
+    "require_tls",
 )
 
 SASL_MECHANISMS: Final = ("PLAIN", "LOGIN", "CRAM-MD5", "NTLM", "GSSAPI")
@@ -250,6 +257,7 @@ class _Loader:
         org_table = self.root.table("organization", ORGANIZATION_KEYS)
         org_name = org_table.string("name")
         lab = self.load_lab()
+        self.tls = self.load_tls(lab)
         self.load_sites()
         site_links = self.load_site_links()
         accepted = self.load_accepted_domains()
@@ -284,6 +292,7 @@ class _Loader:
             transport=transport,
             lab=lab,
             port_offset=self.offset,
+            tls=self.tls,
         )
 
     def load_lab(self) -> LabSettings:
@@ -296,6 +305,21 @@ class _Loader:
             admin=admin,
             org_server_networks=self.networks(table, "org_server_networks") or (),
         )
+
+    def load_tls(self, lab: LabSettings) -> TlsSettings:
+        """``[tls]``: the organization's certificate authority (docs/security.md)."""
+        configured = "tls" in self.root.data
+        table = self.root.table("tls", TLS_KEYS)
+        directory = (self.path(table.string("directory")) if table.has("directory")
+                     else lab.data_root / "certs")
+        ca_certificate = self.optional_path(table, "ca_certificate") or directory / "ca.pem"
+        if table.has("ca_key"):
+            ca_key: Path | None = self.path(table.string("ca_key"))
+        elif table.has("ca_certificate"):
+            ca_key = None  # a CA of your own: its key stays elsewhere
+        else:
+            ca_key = directory / "ca.key"
+        return TlsSettings(directory, ca_certificate, ca_key, configured)
 
     def load_sites(self) -> None:
         for table in self.root.tables("sites", SITE_KEYS):
@@ -415,6 +439,11 @@ class _Loader:
                 "local_domains", "only legacy servers hold domains (Exchange 2010 uses databases)"
             )
 
+        if table.has("certificate") != table.has("key"):
+            missing = "key" if table.has("certificate") else "certificate"
+            raise table.error(missing, "required key is missing (certificate and key go together)")
+        certificate = self.optional_path(table, "certificate")
+        certificate_key = self.optional_path(table, "key")
         server = Server(
             name=name,
             fqdn=fqdn,
@@ -428,6 +457,9 @@ class _Loader:
             store_driver=store_driver,
             admin=admin,
             local_domains=tuple(local_domains),
+            certificate=certificate or self.tls.directory / f"{name}.pem",
+            certificate_key=certificate_key or self.tls.directory / f"{name}.key",
+            certificate_configured=certificate is not None,
         )
         connectors = self.receive_connectors(table, server, lab)
         server = replace(server, receive_connectors=tuple(c for c, _ in connectors))
@@ -549,8 +581,6 @@ class _Loader:
             missing = "tls_private_key" if private_key is None else "tls_certificate"
             raise sub.error(missing, "required key is missing (certificate and key go together)")
         require_tls = sub.boolean("require_tls", False)
-        if require_tls and certificate is None:
-            raise sub.error("require_tls", "needs tls_certificate and tls_private_key")
 
         bind = self.address(sub, "bind")
         networks = self.networks(sub, "org_server_networks")  # [] means: trust no one
@@ -619,6 +649,8 @@ class _Loader:
             tls_private_key=private_key,
             require_tls=require_tls,
             auth_mechanisms=mechanisms,
+            basic_auth_require_tls=sub.boolean("basic_auth_require_tls",
+                                               base.basic_auth_require_tls),
         )
         if connector.binary_mime_enabled and not connector.chunking_enabled:
             raise sub.error(
@@ -797,6 +829,7 @@ class _Loader:
                     max_message_size=table.byte_size(
                         "max_message_size", 10 * 1024 * 1024, allow_unlimited=True, minimum=1
                     ),
+                    require_tls=table.boolean("require_tls", False),
                 )
             )
         return tuple(connectors)

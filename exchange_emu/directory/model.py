@@ -124,7 +124,10 @@ class ReceiveConnector:
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     require_tls: bool = False
+    """Exchange's RequireTLS: ``MAIL`` only after ``STARTTLS`` (530 5.7.0 before)."""
     auth_mechanisms: tuple[str, ...] = ()
+    basic_auth_require_tls: bool = True
+    """Exchange's BasicAuthRequireTLS: ``AUTH LOGIN/PLAIN`` only inside TLS."""
 
     def is_org_server_address(self, host: str) -> bool:
         """Whether a peer at ``host`` counts as an Exchange server of the organization."""
@@ -153,6 +156,9 @@ class SendConnector:
     """Server names of the file, or ``HOST:PORT`` text (port offset already applied)."""
     cost: int = 1
     max_message_size: int = 10 * 1024 * 1024
+    require_tls: bool = False
+    """Exchange's RequireTLS: STARTTLS and a verified certificate naming the smart host, or
+    the message waits in the queue (Retry); default: opportunistic TLS."""
 
     def matches(self, domain: str) -> bool:
         """Whether mail for ``domain`` may take this connector."""
@@ -199,6 +205,13 @@ class Server:
     admin: Address | None = None
     receive_connectors: tuple[ReceiveConnector, ...] = ()
     local_domains: tuple[str, ...] = ()
+    certificate: Path | None = None
+    """The server's TLS certificate (PEM, the leaf first); default
+    ``<tls directory>/<NAME>.pem``, made by ``exchange-emu certs init``."""
+    certificate_key: Path | None = None
+    """The private key of ``certificate`` (PEM); default ``<tls directory>/<NAME>.key``."""
+    certificate_configured: bool = False
+    """The file names ``certificate``/``key`` itself (bring your own: never generated)."""
 
     @property
     def is_exchange_2010(self) -> bool:
@@ -233,6 +246,20 @@ class LabSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Where the organization's certificate authority lives (``[tls]``; emulator-only: in
+    Exchange each server has its own certificate store)."""
+
+    directory: Path
+    """Where generated certificates go (default ``<data_root>/certs``)."""
+    ca_certificate: Path
+    ca_key: Path | None
+    """The CA's private key: needed only to issue certificates (None: bring your own)."""
+    configured: bool = False
+    """The file has a ``[tls]`` table: its certificates must exist (no silent plain text)."""
+
+
+@dataclass(frozen=True)
 class Organization:
     """The Exchange organization read from one TOML file ("Active Directory in one file")."""
 
@@ -248,6 +275,8 @@ class Organization:
     transport: TransportSettings
     lab: LabSettings
     port_offset: int = 0
+    tls: TlsSettings | None = None
+    """The organization's certificate authority; None only for hand-built objects."""
 
     def server(self, name: str) -> Server:
         """The server called ``name`` (case-insensitive); raises UnknownServerError."""

@@ -44,6 +44,8 @@ class SendConnectorSpec:
     source_servers: tuple[str, ...]
     smart_hosts: tuple[str, ...]
     address_spaces: tuple[str, ...] = ("*",)
+    require_tls: bool = False
+    """RequireTLS: verified TLS to the smart hosts, or nothing is sent."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             f"address_spaces = {_strings(connector.address_spaces)}\n"
             f"source_servers = {_strings(connector.source_servers)}\n"
             f"smart_hosts = {_strings(connector.smart_hosts)}\n"
+            + ("require_tls = true\n" if connector.require_tls else "")
         )
     if spec.transport:
         lines.append("[transport]\n" + "".join(

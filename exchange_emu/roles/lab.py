@@ -13,6 +13,7 @@ from twisted.application import service
 from exchange_emu.directory import Organization
 from exchange_emu.roles.options import OrganizationOptions
 from exchange_emu.roles.server_services import ExchangeServer
+from exchange_emu.security.credentials import CertificateError
 from exchange_emu.startup import ExitOnStartupError
 
 
@@ -51,5 +52,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     organization = options.organization("exchange-lab")
     top = ExitOnStartupError("exchange-lab")
     for server in organization.servers.values():
-        ExchangeServer(organization, server, reactor).setServiceParent(top)
+        try:
+            ExchangeServer(organization, server, reactor).setServiceParent(top)
+        except CertificateError as e:
+            raise SystemExit(f"exchange-lab: error: {e}") from None
     return top

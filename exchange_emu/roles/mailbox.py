@@ -8,6 +8,7 @@ from twisted.application import service
 
 from exchange_emu.roles.options import ServerOptions
 from exchange_emu.roles.server_services import ExchangeServer
+from exchange_emu.security.credentials import CertificateError
 from exchange_emu.startup import ExitOnStartupError
 
 
@@ -28,5 +29,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         reactor = default_reactor
     organization, server = options.server("exchange-mailbox", "mailbox")
     top = ExitOnStartupError("exchange-mailbox")
-    ExchangeServer(organization, server, reactor).setServiceParent(top)
+    try:
+        ExchangeServer(organization, server, reactor).setServiceParent(top)
+    except CertificateError as e:
+        raise SystemExit(f"exchange-mailbox: error: {e}") from None
     return top

@@ -8,6 +8,7 @@ from twisted.application import service
 
 from exchange_emu.roles.options import ServerOptions
 from exchange_emu.roles.server_services import ExchangeServer
+from exchange_emu.security.credentials import CertificateError
 from exchange_emu.startup import ExitOnStartupError
 
 
@@ -20,5 +21,8 @@ def make_transport_service(
         reactor = default_reactor
     organization, server = options.server(program, role)
     top = ExitOnStartupError(program)
-    ExchangeServer(organization, server, reactor).setServiceParent(top)
+    try:
+        ExchangeServer(organization, server, reactor).setServiceParent(top)
+    except CertificateError as e:
+        raise SystemExit(f"{program}: error: {e}") from None
     return top

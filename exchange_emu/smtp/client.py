@@ -131,6 +131,8 @@ class SessionOutcome:
     ehlo: Reply | None = None
     keywords: dict[str, str] = field(default_factory=dict)
     tls: bool = False
+    tls_failed: bool = False
+    """TLS was required or started and did not work out: nothing was sent (``error``)."""
     shadow_reply: Reply | None = None
     primary_database_id: str | None = None
     messages: list[MessageOutcome] = field(default_factory=list)
@@ -224,6 +226,19 @@ class ESMTPClientProtocol(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
 
 
+def _tls_failure(error: BaseException) -> str:
+    """A handshake failure in a few words: OpenSSL's reasons, or service_identity's."""
+    args = getattr(error, "args", ())
+    if args and isinstance(args[0], list):
+        reasons = [part[-1] for part in args[0] if isinstance(part, tuple) and part[-1]]
+        if reasons:
+            return "; ".join(str(r) for r in reasons)
+    if type(error).__name__ == "VerificationError":
+        return "certificate does not name the host (service_identity: " + " ".join(
+            str(error).split())[:200] + ")"
+    return " ".join((str(error) or type(error).__name__).split())[:300]
+
+
 def _failed(failure: Failure) -> Deferred[Reply]:
     d: Deferred[Reply] = Deferred()
     d.errback(failure)
@@ -279,7 +294,10 @@ class _Conversation:
                 if not await self.starttls():
                     return out
             elif self.request.require_tls:
-                out.error = "TLS required but the peer does not offer STARTTLS"
+                out.tls_failed = True
+                out.error = ("TLS required but this server has no certificate"
+                             if self.request.tls is None
+                             else "TLS required but the peer does not offer STARTTLS")
                 await self.quit()
                 return out
             if self.request.shadow_context is not None and "XSHADOW" in out.keywords:
@@ -322,14 +340,29 @@ class _Conversation:
         reply = await self.command("STARTTLS")
         if reply.code != 220:
             if self.request.require_tls:
-                self.outcome.error = f"STARTTLS refused: {reply}"
+                self.outcome.tls_failed = True
+                self.outcome.error = f"TLS required but STARTTLS was refused: {reply}"
                 await self.quit()
                 return False
             return True
         transport: Any = self.proto.transport
         transport.startTLS(self.request.tls)
         self.outcome.tls = True
-        return await self.hello()
+        verified = getattr(self.request.tls, "hostname", None)
+        try:
+            greeted = await self.hello()
+        except (CancelledError, TimeoutError):
+            raise
+        except Exception as e:  # the handshake failed: no certificate we trust, wrong name
+            self.outcome.tls_failed = True
+            problem = getattr(self.request.tls, "problem", None) or _tls_failure(e)
+            self.outcome.error = f"TLS negotiation failed: {problem}"
+            self.proto.protocol_log.info(self.outcome.error)
+            return False
+        self.proto.protocol_log.info(
+            f"TLS negotiated; certificate of {verified} verified" if verified
+            else "TLS negotiated (opportunistic: certificate not verified)")
+        return greeted
 
     async def xshadow(self) -> None:
         """Ask the peer to become primary for this session's messages (D.3)."""

@@ -44,6 +44,10 @@ class ServerSettings:
     """SASL mechanisms offered (``AUTH LOGIN PLAIN``); PLAIN and LOGIN are implemented."""
     require_authentication: bool = False
     """``MAIL`` needs a successful ``AUTH`` first (a Client connector)."""
+    auth_requires_tls: bool = False
+    """BasicAuthRequireTLS: ``AUTH`` is offered and accepted only inside TLS."""
+    require_tls: bool = False
+    """RequireTLS: ``MAIL`` only inside TLS (``530 5.7.0`` before)."""
     software_version: str = "14.3.123.4"
     flavor: str = "2010"
     """Whose dialect: "2010", "2007", "2003" (Exchange) or "non-exchange" (plain RFC 5321)."""
@@ -67,6 +71,10 @@ class SessionInfo:
     """The ``XSHADOW`` context the peer gave (base64 text), if it asked to shadow."""
     authenticated_as: str | None = None
     """The mailbox the client authenticated as (``AUTH``), if any."""
+    peer_certificate: bytes | None = None
+    """The client certificate (DER) the peer presented in the TLS handshake, if any."""
+    certificate_server: str | None = None
+    """The Exchange server of the organization that certificate proved the peer to be."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,11 @@ class IReceivePolicy(Interface):
         """Base64 of the queue database GUID (the ``XSHADOW`` reply)."""
 
     def is_org_server(session: SessionInfo) -> bool:
-        """Has the peer proved it is an Exchange server of the organization?"""
+        """Has the peer proved it is an Exchange server of the organization (a certificate:
+        ``session.certificate_server``; or the lab trust rule)?"""
+
+    def certificate_server(session: SessionInfo) -> str | None:
+        """The org server whose certificate ``session.peer_certificate`` is, or None."""
 
     def check_sender(session: SessionInfo, sender: str, params: dict[str, str | None]) -> object:
         """``None`` to accept ``MAIL``, or a refusal ``Reply`` (may be a Deferred)."""

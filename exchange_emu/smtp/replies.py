@@ -96,7 +96,8 @@ AUTH_UNKNOWN_MECHANISM = r(504, "5.7.4 Unrecognized authentication type")
 AUTH_ALREADY = r(503, "5.5.1 Already authenticated")
 AUTH_CANCELLED = r(501, "5.0.0 Authentication cancelled")
 AUTH_REQUIRED = r(530, "5.7.1 Client was not authenticated")
-SEND_AS_DENIED = r(550, "5.7.60 SMTP; Client does not have permissions to send as this sender")
+STARTTLS_FIRST = r(530, "5.7.0 Must issue a STARTTLS command first")
+SEND_AS_DENIED = r(550, "5.7.1 Client does not have permissions to send as this sender")
 TOO_MANY_CONNECTIONS = r(421, "4.3.2 The maximum number of concurrent server connections has "
                          "exceeded a limit, closing transmission channel")
 TOO_MANY_FROM_SOURCE = r(421, "4.3.2 The maximum number of concurrent connections has exceeded "

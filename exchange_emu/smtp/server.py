@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -318,9 +319,11 @@ class ExchangeESMTP(Protocol):
         Exchange 2003 adds X-EXPS and X-LINK2STATE; neither 2003 nor 2007 has XSHADOW."""
         s = self.settings
         assert self.session is not None
+        tls_offered = s.tls is not None and not self.session.tls
         if s.flavor == "non-exchange":
             size = f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE"
-            return [size, "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "8BITMIME"]
+            starttls = ["STARTTLS"] if tls_offered else []
+            return [size, "PIPELINING", "DSN", "ENHANCEDSTATUSCODES", *starttls, "8BITMIME"]
         org = self.session.org_server and not s.client_connector
         keywords = [
             f"SIZE {s.max_message_size}" if s.max_message_size else "SIZE",
@@ -328,9 +331,9 @@ class ExchangeESMTP(Protocol):
             "DSN",
             "ENHANCEDSTATUSCODES",
         ]
-        if s.tls is not None and not self.session.tls:
+        if tls_offered:
             keywords.append("STARTTLS")
-            if not s.client_connector:
+            if self._anonymous_tls_offered():
                 keywords.append("X-ANONYMOUSTLS")
         if self._mechanisms():
             keywords.append("AUTH " + " ".join(self._mechanisms()))
@@ -347,12 +350,40 @@ class ExchangeESMTP(Protocol):
             keywords.append("XSHADOW")
         return keywords
 
+    def _anonymous_tls_offered(self) -> bool:
+        """X-ANONYMOUSTLS: Exchange 2007 and 2010, never on a Client connector."""
+        return self.settings.flavor in ("2010", "2007") and not self.settings.client_connector
+
+    def _peer_certificate(self) -> bytes | None:
+        """The client certificate of the finished TLS handshake (DER), if one was sent."""
+        get = getattr(self.transport, "getPeerCertificate", None)
+        certificate = get() if get is not None else None
+        if certificate is None:
+            return None
+        return bytes(certificate.to_cryptography().public_bytes(Encoding.DER))
+
+    def _identify_peer(self) -> None:
+        """After TLS: which org server (if any) the peer's certificate proves it is."""
+        assert self.session is not None
+        if not self.session.tls or self.session.peer_certificate is not None:
+            return
+        der = self._peer_certificate()
+        if der is None:
+            self.protocol_log.info("TLS: no client certificate")
+            return
+        self.session = self._with(peer_certificate=der)
+        server = self.policy.certificate_server(self.session)
+        self.session = self._with(certificate_server=server)
+        self.protocol_log.info(f"TLS: client certificate proves {server}" if server
+                               else "TLS: client certificate proves no org server")
+
     def _greeting(self, argument: str, esmtp: bool) -> Reply:
         if not argument or " " in argument:
             return replies.INVALID_DOMAIN
         self._reset_transaction()
         self.session = self._with(helo=argument, esmtp=esmtp, shadow_context=None)
         self._xshadow_used = False
+        self._identify_peer()
         self.session = self._with(org_server=self.policy.is_org_server(self.session))
         first = replies.hello(self.settings.fqdn, self.session.peer_ip)
         if not esmtp:
@@ -405,13 +436,20 @@ class ExchangeESMTP(Protocol):
         return self._start_tls(argument)
 
     def smtp_X_ANONYMOUSTLS(self, argument: str) -> Reply | None:
-        if self.settings.client_connector:
+        if not self._anonymous_tls_offered():
             return replies.UNRECOGNIZED
         return self._start_tls(argument)
 
     # -- AUTH (client submission) -------------------------------------------------
 
     def _mechanisms(self) -> tuple[str, ...]:
+        """The mechanisms offered now: none outside TLS under BasicAuthRequireTLS."""
+        assert self.session is not None
+        if self.settings.auth_requires_tls and not self.session.tls:
+            return ()
+        return self._all_mechanisms()
+
+    def _all_mechanisms(self) -> tuple[str, ...]:
         return tuple(m for m in self.settings.auth_mechanisms if m in ("LOGIN", "PLAIN"))
 
     def smtp_AUTH(self, argument: str) -> Reply | Deferred[Any] | None:
@@ -419,8 +457,10 @@ class ExchangeESMTP(Protocol):
         assert self.session is not None
         if self.session.helo is None:
             return replies.SEND_HELLO_FIRST
-        if not self._mechanisms():
+        if not self._all_mechanisms():
             return replies.UNRECOGNIZED
+        if not self._mechanisms():
+            return replies.STARTTLS_FIRST
         if self.session.authenticated_as is not None:
             return replies.AUTH_ALREADY
         if self._transaction is not None:
@@ -507,6 +547,12 @@ class ExchangeESMTP(Protocol):
             context = decode_shadow_context(argument)
         except EnvelopeSyntaxError:
             return replies.INVALID_ARGUMENTS
+        proved = self.session.certificate_server
+        if proved is not None and context.server_name.lower() != proved.lower():
+            # A server proved by certificate shadows (and collects discards) only as itself.
+            self.protocol_log.info(f"XSHADOW context names {context.server_name}; "
+                                   f"certificate proves {proved}")
+            return replies.NOT_AUTHORIZED
         self._xshadow_used = True
         self.session = self._with(shadow_context=context.encoded)
         return replies.r(250, self.policy.database_id())
@@ -570,6 +616,8 @@ class ExchangeESMTP(Protocol):
             return replies.SEND_HELLO_FIRST
         if self._transaction is not None:
             return replies.SENDER_ALREADY_SPECIFIED
+        if self.settings.require_tls and not self.session.tls:
+            return replies.STARTTLS_FIRST
         if self.settings.require_authentication and self.session.authenticated_as is None:
             return replies.AUTH_REQUIRED
         if self._messages >= self.settings.max_messages_per_connection > 0:

@@ -11,6 +11,8 @@ or a takeover (heartbeat retry count reached, or a new primary database id).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -26,6 +28,7 @@ from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, Server
 from exchange_emu.faults import crash_point
+from exchange_emu.security.tls import ClientContexts, send_tls
 from exchange_emu.smtp.client import (
     OutboundMessage,
     SessionOutcome,
@@ -130,6 +133,9 @@ class TransportEngine(service.Service):
         self.queues: dict[str, DeliveryQueue] = {}
         self.down_until: dict[str, float] = {}
         self.store_driver: HubStoreDriver | None = None
+        self.client_tls: ClientContexts | None = None
+        """This server's client TLS contexts (its certificate, the organization CA);
+        None: no certificate, no STARTTLS."""
         self.delayed_ack: DelayedAcknowledgement | None = None
         self.categorizer = Categorizer(self)
         self.shadow = ShadowRedundancy(self)
@@ -139,6 +145,17 @@ class TransportEngine(service.Service):
         self._aging: IDelayedCall | None = None
 
     # -- lifecycle ----------------------------------------------------------
+
+    def with_tls(self, request: SessionRequest, hop: NextHop, target: Target
+                 ) -> SessionRequest:
+        """The session's STARTTLS policy for this target (docs/security.md)."""
+        server = None
+        if target.server is not None:
+            with contextlib.suppress(LookupError):
+                server = self.organization.server(target.server)
+        tls, required = send_tls(self.client_tls, server, target.fqdn or target.address.host,
+                                 hop.require_tls)
+        return dataclasses.replace(request, tls=tls, require_tls=required)
 
     def _tcp_endpoint(self, target: Target) -> IStreamClientEndpoint:
         return TCP4ClientEndpoint(self.reactor, target.address.host, target.address.port,
@@ -758,11 +775,12 @@ class ShadowRedundancy:
             name = target.server or str(target.address)
             self.open_sessions[name] = self.open_sessions.get(name, 0) + 1
             try:
-                outcome = await send_session(engine.connect(target), request, engine.clock,
-                                             log_session)
+                outcome = await send_session(engine.connect(target),
+                                             engine.with_tls(request, hop, target),
+                                             engine.clock, log_session)
             finally:
                 self.open_sessions[name] -= 1
-            if outcome.banner is not None:
+            if outcome.banner is not None and not outcome.tls_failed:
                 return outcome, target
         return outcome, None
 

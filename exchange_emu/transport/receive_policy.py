@@ -20,6 +20,7 @@ from exchange_emu.directory import Organization, ReceiveConnector, Server
 from exchange_emu.directory.passwords import verify_password
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step, scenario_steps
 from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
+from exchange_emu.security.credentials import ServerCredentials
 from exchange_emu.smtp import replies
 from exchange_emu.smtp.envelope import EnvelopeSyntaxError, decode_shadow_context, domain_of
 from exchange_emu.smtp.interfaces import (
@@ -55,6 +56,7 @@ class TransportReceivePolicy:
         tracking: MessageTrackingLog | NullMessageTrackingLog | None = None,
         on_submitted: Callable[[int], None] | None = None,
         delayed_ack: DelayedAcknowledgement | None = None,
+        credentials: ServerCredentials | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
@@ -64,6 +66,7 @@ class TransportReceivePolicy:
         self.tracking = tracking or NullMessageTrackingLog()
         self.on_submitted = on_submitted
         self.delayed_ack = delayed_ack
+        self.credentials = credentials
         self.shadow_redundancy_enabled = (
             organization.transport.shadow_redundancy_enabled
             and server.supports_shadow_redundancy
@@ -73,12 +76,22 @@ class TransportReceivePolicy:
         return self.store.db.database_id_base64
 
     def is_org_server(self, session: SessionInfo) -> bool:
-        """The lab trust rule: peers from the connector's org-server networks."""
+        """An Exchange server of the organization: it proved an organization certificate
+        over TLS, or (the lab trust rule, a shortcut) it connects from one of the
+        connector's org-server networks."""
+        if session.certificate_server is not None:
+            return True
         try:
             address = ipaddress.ip_address(session.peer_ip)
         except ValueError:
             return False
         return any(address in network for network in self.connector.org_server_networks)
+
+    def certificate_server(self, session: SessionInfo) -> str | None:
+        """The Exchange server whose organization certificate the peer presented."""
+        if self.credentials is None or session.peer_certificate is None:
+            return None
+        return self.credentials.identify(session.peer_certificate).server
 
     def check_sender(self, session: SessionInfo, sender: str, params: Any) -> None:
         return None
@@ -91,8 +104,8 @@ class TransportReceivePolicy:
         return verify_password(recipient.password_hash, password)
 
     def check_recipient(self, session: SessionInfo, sender: str, rcpt: Recipient) -> Reply | None:
-        if session.org_server:
-            return None
+        if session.org_server or session.authenticated_as is not None:
+            return None  # ExchangeServers and authenticated ExchangeUsers may relay
         if domain_of(rcpt.address) in self.server.local_domains:
             return None  # a legacy or Internet server's own domain
         if self.organization.accepted_domain(domain_of(rcpt.address)) is None:

@@ -44,6 +44,8 @@ class NextHop:
     delivery_type: str  # Exchange's DeliveryType, for the admin surface
     shadow_capable: bool = True
     """Some target may speak XSHADOW (an Exchange 2010 transport server, or unknown)."""
+    require_tls: bool = False
+    """The send connector's RequireTLS: verified TLS or nothing is sent."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,8 @@ class Router:
         )
         return NextHop(name, SMTP, tuple(targets),
                        "SmartHostConnectorDelivery" if connector.smart_hosts
-                       else "DnsConnectorDelivery", shadow_capable=shadow)
+                       else "DnsConnectorDelivery", shadow_capable=shadow,
+                       require_tls=connector.require_tls)
 
     def _best_connector(self, domain: str) -> SendConnector | None:
         candidates = [c for c in self.organization.send_connectors if c.matches(domain)]

@@ -18,6 +18,8 @@ from exchange_emu.directory import Organization, ReceiveConnector, Server
 from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.protocol_log import ProtocolLog
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
+from exchange_emu.security.credentials import CertificateError, load_credentials
+from exchange_emu.security.tls import ClientContexts, server_options
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
@@ -54,6 +56,8 @@ def receive_settings(
         client_connector=connector.usage == "Client",
         tls=tls,
         auth_mechanisms=connector.auth_mechanisms,
+        auth_requires_tls=connector.basic_auth_require_tls,
+        require_tls=connector.require_tls,
         require_authentication=connector.usage == "Client",
         flavor=server.version if server.has_role("legacy") else "2010",
         software_version=_SOFTWARE_VERSIONS.get(server.version, "14.3.123.4"),
@@ -84,6 +88,12 @@ class TransportServer(service.MultiService):
             reactor, send_log=self.send_log,
         )
         self.engine.delayed_ack = self.delayed_ack = DelayedAcknowledgement(clock)
+        # Raises CertificateError (one line) for certificates present but unusable.
+        self.credentials = load_credentials(organization, server)
+        tls = None
+        if self.credentials is not None:
+            tls = server_options(self.credentials)
+            self.engine.client_tls = ClientContexts(self.credentials)
         self.engine.setServiceParent(self)
         if server.has_role("hub") and server.site is not None:
             self.store_driver = HubStoreDriver(
@@ -93,15 +103,32 @@ class TransportServer(service.MultiService):
             self.engine.store_driver = self.store_driver
             self.store_driver.setServiceParent(self)
         for connector in server.receive_connectors:
+            connector_tls = self._connector_tls(connector, tls)
             policy = TransportReceivePolicy(
                 organization, server, connector, self.store, clock, self.tracking_log,
                 on_submitted=self.engine.submitted, delayed_ack=self.delayed_ack,
+                credentials=self.credentials,
             )
             factory = ExchangeESMTPFactory(
-                receive_settings(server, connector), policy, clock, self.receive_log
+                receive_settings(server, connector, connector_tls), policy, clock,
+                self.receive_log
             )
             Listener(server.name, f"receive connector '{connector.name}'", connector.bind,
                      factory, reactor).setServiceParent(self)
+
+    def _connector_tls(self, connector: ReceiveConnector, tls: Any) -> Any:
+        """The connector's own certificate (``tls_certificate``) or the server's; a
+        connector that requires TLS must have one (CertificateError otherwise)."""
+        if connector.tls_certificate is not None:
+            own = load_credentials(self.organization, self.server, connector.tls_certificate,
+                                   connector.tls_private_key, connector.fqdn)
+            assert own is not None
+            return server_options(own)
+        if tls is None and connector.require_tls:
+            raise CertificateError(
+                f"{self.server.name}: receive connector '{connector.name}' has require_tls "
+                "but the server has no certificate (run: exchange-emu certs init)")
+        return tls
 
     async def _replicated(self, database: str, up_to: float) -> int:
         """The mailbox server replicated ``database`` up to ``up_to``: the transport
