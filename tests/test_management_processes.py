@@ -362,6 +362,14 @@ def test_set_receive_connector_max_acknowledgement_delay_takes_effect(lab):
                             b"hi\r\n")
         held = time.monotonic() - started
         assert 1.5 <= held < 15, held
+        # HUB02 took it with XSHADOW: HUB01 keeps a shadow copy until HUB02's discard
+        # notification, which cannot come while MBX02 is down.
+        shadows = lab.ok("GET", "/api/queues", query={
+            "server": "HUB01", "filter": '{DeliveryType -eq "ShadowRedundancy"}'})
+        assert [q["NextHopDomain"] for q in shadows] == ["hub02.contoso.test"], shadows
+        assert re.fullmatch(r"HUB01\\Shadow\\\d+", shadows[0]["Identity"])
+        copies = lab.ok("GET", "/api/messages", query={"queue": shadows[0]["Identity"]})
+        assert "<held-ack@contoso.test>" in [m["InternetMessageId"] for m in copies]
         lab.wait(lambda: any(r["CustomData"].get("delayed_ack") == "Expired" for r in
                              lab.tracked("RECEIVE", "<held-ack@contoso.test>", "HUB01")),
                  "F.7 with the acknowledgement delay expired")
@@ -393,6 +401,74 @@ def test_transport_config_get_and_set(lab):
         "HUB01": 4, "HUB02": 4}
     after = lab.ok("GET", "/api/transport-config", query={"server": "HUB01"})
     assert after[0]["MessageRetryInterval"] == "00:00:02"
+
+
+def test_the_other_front_end_for_each_action(lab, hub02_down):
+    """What the tests above did through the CLI, through HTTP, and the other way round."""
+    message_id, row = lab.held_in_retry("both front ends")
+    queue, identity = row["Queue"], row["Identity"]
+    assert lab.ok("POST", "/api/queue/suspend", body={"identity": queue})["Status"] == (
+        "Suspended")
+    resumed = lab.cli("resume-queue", queue, "--json")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["Status"] != "Suspended"
+    suspended = lab.cli("suspend-message", identity)
+    assert suspended.returncode == 0 and "Suspended" in suspended.stdout
+    assert lab.message(message_id)["Status"] == "Suspended"
+    answer = lab.ok("POST", "/api/message/resume", body={"identity": identity})
+    assert answer["Resubmitted"] is True
+    lab.wait(lambda: (m := lab.message(message_id)) and m["Status"] == "Retry",
+             "the resumed message back in Retry")
+    listed = lab.cli("get-message", "--server", "HUB01", "--queue", queue)
+    assert listed.returncode == 0 and identity in listed.stdout and "Retry" in listed.stdout
+    lab.ok("POST", "/api/message/remove", body={"identity": identity, "with_ndr": False})
+    assert lab.message(message_id) is None
+
+
+def test_set_transport_config_changes_the_running_retry_timers(lab, hub02_down):
+    """QueueGlitchRetryInterval set to a minute: the queue's next retry, after a failed
+    attempt, is a minute away instead of a second (the lab's setting)."""
+    message_id, row = lab.held_in_retry("retry timers")
+    lab.ok("POST", "/api/transport-config", body={"server": "HUB01", "settings": {
+        "QueueGlitchRetryCount": 1000, "QueueGlitchRetryInterval": "00:01:00"}})
+    try:
+        lab.ok("POST", "/api/queue/retry", body={"identity": row["Queue"]})
+
+        def far() -> bool:
+            due = lab.queue(row["Queue"])["NextRetryTime"]
+            return bool(due) and time.mktime(time.strptime(
+                due, "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime()) > 30
+        lab.wait(far, "a next retry a minute away")
+    finally:
+        lab.ok("POST", "/api/transport-config", body={"server": "HUB01", "settings": {
+            "QueueGlitchRetryCount": 4, "QueueGlitchRetryInterval": "00:00:01"}})
+    lab.ok("POST", "/api/message/remove", body={"identity": row["Identity"]})
+    del message_id
+
+
+def test_set_receive_connector_size_and_recipient_limits_take_effect(lab):
+    identity = "HUB02\\Default HUB02"
+    shown = lab.cli("get-receiveconnector", identity)
+    assert shown.returncode == 0 and re.search(r"MaxRecipientsPerMessage\s+: 200", shown.stdout)
+    changed = lab.ok("POST", "/api/receive-connector", body={
+        "identity": identity, "settings": {"MaxMessageSize": "1MB",
+                                           "MaxRecipientsPerMessage": 2}})
+    assert changed[0]["MaxMessageSize"].startswith("1 MB")
+    try:
+        with smtplib.SMTP("127.0.0.1", lab.ports["HUB02"], timeout=60) as client:
+            client.ehlo("client.contoso.test")
+            assert client.esmtp_features["size"] == str(1024 * 1024)
+            client.mail("alice@contoso.test")
+            assert client.rcpt("carol@contoso.test")[0] == 250
+            assert client.rcpt("bob@contoso.test")[0] == 250
+            assert client.rcpt("alice@contoso.test")[0] == 452  # 4.5.3 Too many recipients
+            client.rset()
+    finally:
+        lab.ok("POST", "/api/receive-connector", body={
+            "identity": identity, "settings": {"MaxMessageSize": "10MB",
+                                               "MaxRecipientsPerMessage": 200}})
+    with smtplib.SMTP("127.0.0.1", lab.ports["HUB02"], timeout=60) as client:
+        client.ehlo("client.contoso.test")
+        assert client.esmtp_features["size"] == str(10 * 1024 * 1024)
 
 
 def test_no_lab_is_a_clear_error(tmp_path):
