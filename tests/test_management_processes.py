@@ -332,6 +332,11 @@ def test_bad_identities_and_filters_change_nothing(lab, hub02_down):
     assert status == 400
     status, _, answer = lab.api("POST", "/api/queue/suspend", body={})
     assert status == 400 and "identity" in answer["error"]
+    for path in ("/api/nothing", "/api/queue/freeze?server=HUB01"):
+        status, _, answer = lab.api("GET", path)
+        assert status == 404 and "no management API at" in answer["error"], (path, answer)
+    status, _, answer = lab.api("GET", "/api/queue/suspend", query={"identity": row["Queue"]})
+    assert status == 405 and answer["error"] == "use POST"
     after = lab.message(message_id)
     assert after is not None and after["Status"] == before["Status"] == "Retry"
     assert lab.queue(row["Queue"])["Status"] != "Suspended"
