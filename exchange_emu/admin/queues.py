@@ -129,7 +129,8 @@ class QueueManagement:
                 "Identity": str(QueueIdentity(self.server, QueueKind.DELIVERY, number)),
                 "DeliveryType": queue.hop.delivery_type if queue else "Undefined",
                 "NextHopDomain": name,
-                "Status": "Suspended" if suspended else (queue.status if queue else "Ready"),
+                "Status": "Suspended" if suspended else (queue.display_status if queue
+                                                         else "Ready"),
                 "MessageCount": counts.get(name, 0),
                 "LastError": queue.last_error if queue else None,
                 "RetryCount": queue.retry_count if queue else 0,
