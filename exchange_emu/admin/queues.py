@@ -39,7 +39,7 @@ MESSAGE_PROPERTIES: dict[str, type] = {
     "ExpirationTime": str, "Source": str, "RecipientCount": int,
 }
 """Get-Message's output properties (and what ``-Filter`` may test)."""
-EXPORT_CHUNK = 64 * 1024
+EXPORT_CHUNK = 256 * 1024
 """Bytes of a message's content read from the database at a time by Export-Message."""
 
 _NAMED = {QueueKind.SUBMISSION: SUBMISSION_QUEUE, QueueKind.UNREACHABLE: UNREACHABLE_QUEUE,
