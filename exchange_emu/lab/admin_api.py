@@ -3,6 +3,8 @@ and fault injection on whole servers — kill (SIGKILL), stop, start, restart.
 
     GET  /servers                      -> [{"name", "roles", "running", "pid"}, ...]
     POST /servers/<NAME>/<ACTION>      -> {"server", "action", "running"}
+
+plus wipe-db and /faults (partitions, slow servers, scripted replies): lab/fault_api.py.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web import resource, server
 
+from exchange_emu.lab import fault_api
+from exchange_emu.lab.fault_control import FaultError
 from exchange_emu.lab.supervisor import LabSupervisor
 
-ACTIONS = ("kill", "stop", "start", "restart")
+ACTIONS = ("kill", "stop", "start", "restart", "wipe-db")
 
 
 class LabAdmin(resource.Resource):
@@ -24,6 +28,7 @@ class LabAdmin(resource.Resource):
     def __init__(self, supervisor: LabSupervisor) -> None:
         super().__init__()
         self.supervisor = supervisor
+        self.faults = fault_api.FaultsResource(supervisor)
 
     def _json(self, request: Any, status: int, body: Any) -> bytes:
         request.setResponseCode(status)
@@ -40,11 +45,17 @@ class LabAdmin(resource.Resource):
         return out
 
     def render_GET(self, request: Any) -> bytes:
+        if request.postpath[:1] == [b"faults"]:
+            request.postpath = request.postpath[1:]
+            return self.faults.render_GET(request)
         if request.postpath == [b"servers"]:
             return self._json(request, 200, self.servers())
         return self._json(request, 404, {"error": "try GET /servers"})
 
     def render_POST(self, request: Any) -> bytes | int:
+        if request.postpath[:1] == [b"faults"]:
+            request.postpath = request.postpath[1:]
+            return self.faults.render_POST(request)
         parts = [p.decode() for p in request.postpath]
         if len(parts) != 3 or parts[0] != "servers" or parts[2] not in ACTIONS:
             return self._json(request, 404, {
@@ -73,6 +84,11 @@ class LabAdmin(resource.Resource):
     def act(self, name: str, action: str) -> Deferred[Any]:
         supervisor = self.supervisor
         running = name in supervisor.processes
+        if action == "wipe-db":
+            try:
+                return fault_api.wipe_db(supervisor, name)
+            except FaultError as e:
+                return fail(e)
         if action == "kill":
             if not running:
                 return fail(ValueError(f"{name} is not running"))
