@@ -163,6 +163,27 @@ class FaultPlan:
             return Intercept(delay=self.delay)
         return None
 
+    def blackholed(self, helo: str | None) -> bool:
+        peer = (helo or "").lower()
+        return any(peer == fqdn and mode == "blackhole"
+                   for fqdn, mode, _ in self.partitions.values())
+
+    def healed(self, clock: IReactorTime, gone: Any, helo: str | None) -> defer.Deferred[None]:
+        """Fires once the black hole for ``helo`` is gone (polled; never if ``gone()``):
+        a session's input waits meanwhile, as segments do in a real black hole."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def check() -> None:
+            if gone():
+                return
+            if self.blackholed(helo):
+                clock.callLater(POLL_INTERVAL, check)
+            else:
+                d.callback(None)
+
+        clock.callLater(POLL_INTERVAL, check)
+        return d
+
     # -- what the SMTP client asks ---------------------------------------------------
 
     def partition_from(self, peer: str | None) -> tuple[str, float] | None:

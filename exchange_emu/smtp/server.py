@@ -172,9 +172,6 @@ class ExchangeESMTP(Protocol):
     def _timed_out(self) -> None:
         if self._closed or self._mode == "closing":
             return
-        if self._mode == "blackhole":
-            self.transport.abortConnection()  # type: ignore[union-attr]
-            return
         if self._busy:  # a held reply is not the client's inactivity
             self._idle_timer = self.clock.callLater(
                 self.settings.connection_inactivity_timeout, self._timed_out
@@ -199,7 +196,7 @@ class ExchangeESMTP(Protocol):
     # -- input ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._mode in ("closing", "blackhole"):
+        if self._mode == "closing":
             return
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self.settings.connection_inactivity_timeout)
@@ -300,10 +297,9 @@ class ExchangeESMTP(Protocol):
         if fault is None:
             return run()
         self.protocol_log.info(f"fault injection at {stage}")
-        if fault.blackhole:
-            self._mode = "blackhole"
-            self._buffer = b""
-            return None
+        if fault.blackhole:  # no answer, and input waits, until the partition heals
+            return plan.healed(self.clock, lambda: self._closed, helo).addCallback(
+                lambda _: self._faulted(stage, run, helo, replaced))
         answer = run
         if fault.replaces:
             if replaced is not None:
