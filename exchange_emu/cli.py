@@ -319,6 +319,10 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     wanted = SCENARIOS if args.scenario.lower() == "all" else args.scenario.upper()
     if wanted not in SCENARIOS or not wanted:
         return _error(f"no scenario {args.scenario!r}: A, B, C, D, E, F or all")
+    if args.fail is not None:
+        from exchange_emu.lab.cli_experiments import run_failure
+
+        return run_failure(organization, wanted, args.fail, args.timeout)
     outcome: list[Any] = []
 
     async def go(reactor: Any) -> None:
@@ -488,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_run.add_argument("scenario", metavar="A|B|C|D|E|F|all")
     scenario_run.add_argument("--timeout", type=float, default=60.0,
                               help="seconds to wait for the steps")
+    scenario_run.add_argument("--fail", metavar="STEP:ACTION",
+                              help="a failure experiment, e.g. D.4.3:kill-primary "
+                              "(docs/teaching/)")
     scenario_run.set_defaults(func=cmd_scenario)
 
     hashing = commands.add_parser(
