@@ -94,14 +94,14 @@ class Lab:
             raise ExperimentError(str(e)) from None
 
     async def server(self, action: str, name: str, why: str) -> None:
-        await self._admin(f"/servers/{name}/{action}")
         self.note(f"{action} {name}: {why}")
+        await self._admin(f"/servers/{name}/{action}")
         if action in ("start", "restart", "wipe-db"):
             await self.listening(name)
 
     async def crash_at(self, name: str, step: str, why: str) -> None:
+        self.note(f"restart {name} with EXCHANGE_EMU_CRASH_AT={step}: {why}")
         await self._admin("/faults/crash-at", {"server": name, "step": step})
-        self.note(f"restarted {name} with EXCHANGE_EMU_CRASH_AT={step}: {why}")
         await self.listening(name)
 
     def plan(self, text: str, change: Callable[..., str], *args: Any) -> None:
@@ -293,7 +293,8 @@ async def b2_kill_hub(lab: Lab) -> tuple[str, Outcome]:
     await lab.settle(message_id, "DUPLICATEDELIVER", "HUB01's recovered copy")
     return message_id, inbox_outcome(
         lab, "carol@contoso.test", message_id, 1,
-        "HUB01 died after B.2, before B.4: it never reported ownership, so the item stayed "
+        "HUB01 died after its B.2 commit — before it logged B.2 or answered MBX01 — and "
+        "so before B.4: it never reported ownership, so the item stayed "
         "in alice's Outbox. When HUB01's link dropped, MBX01's Mail Submission service "
         "notified another hub of the site (HUB02), which delivered it and reported "
         "ownership (B.4; the item went to Sent Items). HUB01 came back with its own copy "
@@ -401,7 +402,6 @@ async def e4_kill_legacy(lab: Lab) -> tuple[str, Outcome]:
 async def e4_wipe_legacy(lab: Lab) -> tuple[str, Outcome]:
     message_id = await _to_dave(lab, "E.4 wipe-legacy")
     await lab.server("wipe-db", "LEGACY01", "its disk is lost: the queue database is gone")
-    await _sleep(lab.reactor, 3.0)
     copies = lab.local_copies("LEGACY01", "dave@legacy.contoso.test", message_id)
     return message_id, Outcome(
         0, copies, f"nowhere: dave's mailbox holds {copies} copies; the hub deleted its copy "
@@ -415,7 +415,7 @@ async def e4_wipe_legacy(lab: Lab) -> tuple[str, Outcome]:
 async def _edge_holding(lab: Lab, label: str) -> str:
     for hub in ("HUB01", "HUB02"):
         lab.plan(f"black-holed EDGE01 from {hub}: EDGE01 cannot hand the message on",
-                 fault_control.partition, "EDGE01", hub, "blackhole", 5.0)
+                 fault_control.partition, "EDGE01", hub, "blackhole", 3.0)
     message_id = await internet_sends(lab, label)
     await lab.row(message_id, step="F.4")
     lab.note("F.4 seen: EDGE01 committed the message and holds INTERNET01's 250")
@@ -511,11 +511,17 @@ EVENT_TEXT = {
     "DSN": "a delivery status notification was sent",
     "POISONMESSAGE": "the message crashed the server twice: Poison queue",
 }
+PLAIN_EVENT_TEXT = {
+    "DELIVER": "delivered to the server's own mailbox",
+    "RECEIVE": "received",
+    "SEND": "sent to the next hop",
+}
 
 
 def describe(event: TrackingEvent) -> str:
     if event.event_id in EVENT_TEXT or not event.steps:
-        text = EVENT_TEXT.get(event.event_id, event.event_id.lower())
+        text = EVENT_TEXT.get(event.event_id) or PLAIN_EVENT_TEXT.get(event.event_id,
+                                                                      event.event_id.lower())
     else:
         text = "; ".join(STEPS.get(s, s) for s in event.steps)
     data = event.custom_data
@@ -587,10 +593,10 @@ async def run_experiment(reactor: Any, organization: Organization, scenario: str
     write(f"-- Where it is now: {outcome.where}.")
     write(f"-- Observed: {observed(lab, message_id)}")
     write(f"-- Why: {outcome.explanation}")
-    verdict = ("delivered exactly once" if outcome.expected_copies == 1
-               else "lost, as Exchange would lose it")
+    verdict = ("delivered exactly once, as Exchange 2010 would" if outcome.expected_copies == 1
+               else "not delivered: Exchange 2010 cannot save this one (see Why)")
     if outcome.ok:
-        write(f"-- Verdict: {verdict}, as Exchange 2010 would.")
+        write(f"-- Verdict: {verdict}.")
     else:
         write(f"-- Verdict: NOT as expected: {outcome.copies} copies, expected "
               f"{outcome.expected_copies}.")
