@@ -1,6 +1,6 @@
 """Fault injection on real server processes: partitions (refuse, blackhole), slow
-replies, scripted SMTP replies with a count, and wiping a queue database — each takes
-effect, and each heals."""
+replies, scripted SMTP replies with a count — each takes effect, and each heals.
+(wipe-db is tested in tests/test_failure_experiments.py, on the lab supervisor.)"""
 
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from org_files import FAST_RETRY, two_site_org
+from org_files import FAST_RETRY
 from process_lab import ProcessLab
-from test_lab_supervisor import run_lab
 
-from exchange_emu.directory import load_organization
 from exchange_emu.lab.org_builder import (
     OrgSpec,
     RecipientSpec,
@@ -27,7 +25,6 @@ from exchange_emu.lab.org_builder import (
     write_org,
 )
 from exchange_emu.lab.processes import free_ports
-from exchange_emu.smtp.envelope import encode_shadow_context
 
 pytestmark = pytest.mark.integration
 
@@ -204,36 +201,3 @@ def test_scripted_reply_with_probability_is_reproducible(lab: Lab) -> None:
     first = pattern()
     assert 2 in first and 4 in first
     assert pattern() == first
-
-
-def _database_id(port: int) -> str:
-    context = encode_shadow_context(uuid.uuid4(), "TESTER", "tester.contoso.test")
-    with smtplib.SMTP("127.0.0.1", port, timeout=10, local_hostname="tester.contoso.test") as c:
-        c.ehlo()
-        code, text = c.docmd("XSHADOW", context)
-        assert code == 250, text
-        return text.decode()
-
-
-def test_wipe_db_gives_the_server_a_new_queue_database(tmp_path: Path) -> None:
-    config, ports = two_site_org(tmp_path)
-    hub03 = load_organization(config).server("HUB03")
-
-    def exercise(lines: list[str]) -> None:
-        before = _database_id(ports["HUB03"])
-        done = fault(config, "wipe-db", "HUB03")
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == "HUB03: wipe-db done; now running"
-        deadline = time.monotonic() + 30
-        while True:  # started again: wait (bounded) until it listens
-            try:
-                after = _database_id(ports["HUB03"])
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "\n".join(lines)
-                time.sleep(0.1)
-        assert after != before
-        assert (hub03.data_dir / "queue.db").exists()
-
-    status, lines = run_lab(config, tmp_path, while_running=exercise)
-    assert status == 0, "\n".join(lines)
