@@ -75,7 +75,7 @@ def _run_supervised(organization: Any, config: Path, port_offset: int) -> int:
             reactor.listenTCP(admin.port, admin_site(supervisor), interface=admin.host)
         except CannotListenError as e:
             return _error(f"the lab admin endpoint cannot listen on {admin}: {e.socketError}")
-        print(f"Lab admin (faults: exchange-emu fault kill|stop|start|restart SERVER): "
+        print(f"Lab admin (faults: exchange-emu fault --help): "
               f"http://{admin}/servers", flush=True)
     reactor.callWhenRunning(supervisor.start)
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
