@@ -4,10 +4,12 @@ replies, scripted SMTP replies with a count — each takes effect, and each heal
 
 from __future__ import annotations
 
+import signal
 import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,25 +38,31 @@ def fault(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=90)
 
 
+def edge_org(tmp: Path) -> tuple[Path, dict[str, int]]:
+    """EDGE01 relays fabrikam.test mail to INTERNET01, which holds erin's mailbox."""
+    ports = dict(zip(("EDGE01", "INTERNET01"), free_ports(2), strict=True))
+    spec = OrgSpec(
+        [ServerSpec("EDGE01", "edge", ports["EDGE01"], site=None),
+         ServerSpec("INTERNET01", "legacy", ports["INTERNET01"], site=None,
+                    version="non-exchange", local_domains=("fabrikam.test",))],
+        send_connectors=[SendConnectorSpec("EdgeSync - to Internet", ("EDGE01",),
+                                           ("INTERNET01",))],
+        recipients=[RecipientSpec("erin@fabrikam.test", server="INTERNET01")],
+        transport=dict(FAST_RETRY),
+    )
+    return write_org(tmp / "edge.toml", spec), ports
+
+
 class Lab:
-    """EDGE01 relays fabrikam.test mail to INTERNET01 (the emulator's plain MTA)."""
+    """The edge org running: EDGE01 and INTERNET01 as processes."""
 
     def __init__(self, tmp: Path) -> None:
-        self.ports = dict(zip(("EDGE01", "INTERNET01"), free_ports(2), strict=True))
-        spec = OrgSpec(
-            [ServerSpec("EDGE01", "edge", self.ports["EDGE01"], site=None),
-             ServerSpec("INTERNET01", "legacy", self.ports["INTERNET01"], site=None,
-                        version="non-exchange", local_domains=("fabrikam.test",))],
-            send_connectors=[SendConnectorSpec("EdgeSync - to Internet", ("EDGE01",),
-                                               ("INTERNET01",))],
-            recipients=[RecipientSpec("erin@fabrikam.test", server="INTERNET01")],
-            transport=dict(FAST_RETRY),
-        )
-        self.config = write_org(tmp / "edge.toml", spec)
+        self.config, self.ports = edge_org(tmp)
         self.processes = ProcessLab(self.config, tmp)
         self.processes.start("INTERNET01", "EDGE01")
         self.mailbox = (self.processes.organization.server("INTERNET01").data_dir
                         / "Mailboxes" / "erin@fabrikam.test")
+
 
     def plan_changes(self, name: str) -> int:
         return sum("fault plan now:" in line for line in self.processes.processes[name].lines)
@@ -201,3 +209,45 @@ def test_scripted_reply_with_probability_is_reproducible(lab: Lab) -> None:
     first = pattern()
     assert 2 in first and 4 in first
     assert pattern() == first
+
+
+def test_faults_work_in_a_single_process_lab(tmp_path: Path) -> None:
+    """Every server of `exchange-emu lab --single-process` polls its own plan."""
+    config, ports = edge_org(tmp_path)
+    proc = subprocess.Popen([EXE, "lab", "--single-process", "--config", str(config)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    seen = threading.Condition()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with seen:
+                lines.append(line)
+                seen.notify_all()
+
+    def wait_for(text: str, count: int) -> None:
+        with seen:
+            assert seen.wait_for(lambda: sum(text in s for s in lines) >= count, 30), \
+                "".join(lines)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_for("listening on", 2)
+        assert fault(config, "slow", "INTERNET01", "--delay", "600").returncode == 0
+        wait_for("INTERNET01: fault plan now: replies 600 ms late", 1)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", ports["INTERNET01"]), 10) as s:
+            assert s.recv(100).startswith(b"220 ")
+        assert time.monotonic() - started >= 0.6
+        done = fault(config, "reply", "EDGE01", "--verb", "CONNECT", "--code", "421",
+                     "--text", "4.3.2 Busy")
+        assert done.returncode == 0, done.stderr
+        wait_for("EDGE01: fault plan now: CONNECT -> 421", 1)
+        with socket.create_connection(("127.0.0.1", ports["EDGE01"]), 10) as s:
+            assert s.recv(100) == b"421 4.3.2 Busy\r\n"
+            assert s.recv(100) == b""  # and closed
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
