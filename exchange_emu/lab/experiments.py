@@ -21,6 +21,7 @@ bob), HUB01, HUB02, MBX02 (carol), HUB03, EDGE01, LEGACY01 (dave), INTERNET01 (e
 from __future__ import annotations
 
 import json
+import textwrap
 import smtplib
 import time
 import urllib.request
@@ -175,14 +176,14 @@ class Lab:
                                                 timeout)
         return found
 
-    async def settle(self, message_id: str, event_id: str, why: str,
-                     timeout: float | None = None) -> None:
+    async def settle(self, message_id: str, event_id: str | None, why: str,
+                     timeout: float | None = None, step: str | None = None) -> None:
         """Wait (bounded) for a row that shows the recovery is complete; say if it never
         came (the outcome then tells what is where)."""
         try:
-            await self.row(message_id, event_id=event_id, timeout=timeout)
+            await self.row(message_id, step=step, event_id=event_id, timeout=timeout)
         except ExperimentError:
-            self.note(f"no {event_id} row within the time limit ({why})")
+            self.note(f"no {event_id or step} row within the time limit ({why})")
 
     def server_of(self, event: TrackingEvent) -> str:
         for server in self.organization.servers.values():
@@ -309,6 +310,7 @@ async def c1_kill_hub(lab: Lab) -> tuple[str, Outcome]:
     await lab.stopped("HUB03")
     await lab.server("start", "HUB03", "back with its queue database")
     await lab.settle(message_id, "DUPLICATEDELIVER", "HUB03's redelivery")
+    await lab.settle(message_id, None, "the holder deleting its shadow copy", step="C.4")
     return message_id, inbox_outcome(
         lab, "carol@contoso.test", message_id, 1,
         "HUB03 delivered to carol's mailbox (C.1) and died before it recorded the delivery "
@@ -518,33 +520,43 @@ PLAIN_EVENT_TEXT = {
 }
 
 
-def describe(event: TrackingEvent) -> str:
-    if event.event_id in EVENT_TEXT or not event.steps:
-        text = EVENT_TEXT.get(event.event_id) or PLAIN_EVENT_TEXT.get(event.event_id,
-                                                                      event.event_id.lower())
-    else:
-        text = "; ".join(STEPS.get(s, s) for s in event.steps)
+def describe(event: TrackingEvent) -> list[tuple[str, str]]:
+    """(step, meaning) for each step the row records, or ("-", meaning) for a row that
+    implements no step of the document (a takeover, a deferral, a dropped duplicate)."""
     data = event.custom_data
     extra = data.get("reason") if hasattr(data, "get") else None
     if event.event_id in ("DEFER", "FAIL") and event.recipient_status:
         extra = event.recipient_status[0]
-    return f"{text} ({extra})" if extra else text
+    suffix = f" ({extra})" if extra else ""
+    if event.event_id in EVENT_TEXT or not event.steps:
+        text = EVENT_TEXT.get(event.event_id) or PLAIN_EVENT_TEXT.get(
+            event.event_id, event.event_id.lower())
+        return [(",".join(event.steps) or "-", text + suffix)]
+    pairs = [(step, STEPS.get(step, step)) for step in event.steps]
+    last_step, last_text = pairs[-1]
+    pairs[-1] = (last_step, last_text + suffix)
+    return pairs
 
 
 def narration(lab: Lab, message_id: str) -> str:
-    """Every tracking row of the message and every action of the experiment, in time order."""
-    lines: list[tuple[datetime, str]] = []
+    """Every tracking row of the message (a line per step) and every action of the
+    experiment, in time order."""
+    lines: list[tuple[datetime, int, str]] = []
     width = max(len(s.name) for s in lab.organization.servers.values())
-    for event in lab.events(message_id):
+    for order, event in enumerate(lab.events(message_id)):
         when = event.date_time or datetime.now(UTC)
-        steps = ",".join(event.steps) or "-"
-        lines.append((when, f"{when:%H:%M:%S.%f}"[:-3] + f"  {steps:<21} "
-                      f"{lab.server_of(event):<{width}}  {event.event_id:<16} "
-                      f"{describe(event)}"))
+        stamp = f"{when:%H:%M:%S.%f}"[:-3]
+        for index, (step, text) in enumerate(describe(event)):
+            if index == 0:
+                lines.append((when, order, f"{stamp}  {step:<6} {lab.server_of(event):<{width}}"
+                              f"  {event.event_id:<16} {text}"))
+            else:
+                lines.append((when, order, f"{'':<12}  {step:<6} {'':<{width}}  {'':<16} "
+                              f"{text}"))
     for when, text in lab.actions:
-        lines.append((when, f"{when:%H:%M:%S.%f}"[:-3] + f"  {'**':<21} {'':<{width}}  "
+        lines.append((when, -1, f"{when:%H:%M:%S.%f}"[:-3] + f"  {'**':<6} {'':<{width}}  "
                       f"{'EXPERIMENT':<16} {text}"))
-    return "\n".join(text for _, text in sorted(lines, key=lambda pair: pair[0]))
+    return "\n".join(text for _, _, text in sorted(lines, key=lambda row: row[:2]))
 
 
 def observed(lab: Lab, message_id: str) -> str:
@@ -592,7 +604,7 @@ async def run_experiment(reactor: Any, organization: Organization, scenario: str
     write(narration(lab, message_id))
     write(f"-- Where it is now: {outcome.where}.")
     write(f"-- Observed: {observed(lab, message_id)}")
-    write(f"-- Why: {outcome.explanation}")
+    write(textwrap.fill(f"-- Why: {outcome.explanation}", 100, subsequent_indent="   "))
     verdict = ("delivered exactly once, as Exchange 2010 would" if outcome.expected_copies == 1
                else "not delivered: Exchange 2010 cannot save this one (see Why)")
     if outcome.ok:
