@@ -21,8 +21,8 @@ bob), HUB01, HUB02, MBX02 (carol), HUB03, EDGE01, LEGACY01 (dave), INTERNET01 (e
 from __future__ import annotations
 
 import json
-import textwrap
 import smtplib
+import textwrap
 import time
 import urllib.request
 import uuid
