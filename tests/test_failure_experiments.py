@@ -5,6 +5,7 @@ Exchange itself cannot save it, with the narration saying why."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,9 +14,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_scenarios_run import LAB, _free_offset
@@ -158,3 +162,31 @@ def test_wipe_db_gives_a_server_a_new_queue_database(lab: RunningLab) -> None:
             assert time.monotonic() < deadline, "".join(lab.lines[-50:])
             time.sleep(0.1)
     assert after != before
+
+
+@pytest.mark.integration
+def test_faults_over_the_lab_admin_endpoint(lab: RunningLab) -> None:
+    admin = lab.organization.lab.admin
+
+    def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://{admin}{path}", data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    status, answer = call("POST", "/faults/partition", {"a": "hub01", "b": "HUB03",
+                                                        "mode": "blackhole", "hang": 5})
+    assert status == 200 and answer["done"] == "HUB01 and HUB03 partitioned (blackhole)"
+    status, listed = call("GET", "/faults")
+    assert "HUB03: partitioned from HUB01 (blackhole)" in listed["faults"]
+    assert listed["plans"]["HUB01"]["partitions"][0]["peer"] == "HUB03"
+    assert call("POST", "/faults/slow", {"server": "HUB9", "delay_ms": 5}) == (
+        400, {"error": "no server named 'HUB9' (known: MBX01, HUB01, HUB02, MBX02, HUB03, "
+              "EDGE01, LEGACY01, INTERNET01)"})
+    assert call("POST", "/faults/slow", {"server": "HUB01"})[0] == 400
+    assert call("POST", "/faults/teleport", {})[0] == 404
+    status, answer = call("POST", "/faults/heal", {"servers": []})
+    assert status == 200 and answer["faults"] == []
