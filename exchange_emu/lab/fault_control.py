@@ -168,6 +168,9 @@ def faults_json(organization: Organization) -> dict[str, Any]:
 
 def queue_database_files(server: Server) -> list[Path]:
     """The files of the server's SQLite queue database (with its journal files)."""
+    if not server.roles & {"hub", "edge", "legacy"}:
+        raise FaultError(f"{server.name} has no queue database: its database is a mailbox "
+                         "store (exchange-emu failover --lossy simulates losing it)")
     url = sa.make_url(server.database_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         raise FaultError(f"{server.name}'s queue database is not an SQLite file "
