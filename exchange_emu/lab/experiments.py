@@ -320,6 +320,32 @@ async def c1_kill_hub(lab: Lab) -> tuple[str, Outcome]:
         "(DUPLICATEDELIVER), and the discard notification then reached the shadow holder.")
 
 
+async def c2_lossy_failover(lab: Lab) -> tuple[str, Outcome]:
+    from exchange_emu.mailbox.client import failover
+
+    message_id = await submit_abc(lab, "carol@contoso.test", "C.2 lossy-failover")
+    await lab.row(message_id, step="C.2")
+    lab.note("C.2 seen: HUB03 delivered and keeps the message in its transport dumpster")
+    lab.note("lossy failover of DB02 (MBX02): its passive copy lacks the last 60 s of log")
+    answer = await failover(lab.reactor, lab.organization, "DB02", lossy=True,
+                            lost_seconds=60.0)
+    lab.note(f"failover done: {answer['lost']} items lost, {answer['hubs']} hubs asked to "
+             "redeliver from their transport dumpsters")
+    await lab.row(message_id, event_id="RESUBMIT")
+
+    async def redelivered() -> bool:  # the second C.1 row: delivered (or dropped) again
+        return sum("C.1" in e.steps for e in lab.events(message_id)) >= 2
+
+    await lab.until("the redelivery from the dumpster", redelivered)
+    return message_id, inbox_outcome(
+        lab, "carol@contoso.test", message_id, 1,
+        "carol's mailbox database failed over to a copy that lacked its last minute, so the "
+        "delivered message was gone from her Inbox. The mailbox server asked every hub of "
+        "the site to redeliver what it delivered to DB02 since then; HUB03 still had the "
+        "message in its transport dumpster (C.2) and resubmitted it (RESUBMIT, source "
+        "DUMPSTER). Anything that had survived would have been dropped as a duplicate.")
+
+
 async def _primary_holding(lab: Lab, label: str) -> tuple[str, str]:
     """alice → carol with MBX02 stopped: HUB03 (the primary) keeps the message; wait for
     D.4.3 on the hub of Site-A that shadows it. The message id and that holder."""
@@ -473,6 +499,8 @@ EXPERIMENTS = {e.key: e for e in (
                "before reporting ownership", b2_kill_hub),
     Experiment("C.1:kill-hub", "C", "HUB03 dies right after delivering to carol's mailbox",
                c1_kill_hub),
+    Experiment("C.2:lossy-failover", "C", "carol's database fails over losing its last "
+               "minute, after the delivery", c2_lossy_failover),
     Experiment("D.4.3:kill-primary", "D", "the primary (HUB03) dies after the holder has the "
                "shadow", d43_kill_primary),
     Experiment("D.4.3:partition", "D", "holder and primary partitioned after D.4.3, then "
@@ -528,6 +556,8 @@ def describe(event: TrackingEvent) -> list[tuple[str, str]]:
     if event.event_id in ("DEFER", "FAIL") and event.recipient_status:
         extra = event.recipient_status[0]
     suffix = f" ({extra})" if extra else ""
+    if event.event_id == "RESUBMIT" and event.source == "DUMPSTER":
+        return [("-", "redelivered from the transport dumpster (a lossy failover asked)")]
     if event.event_id in EVENT_TEXT or not event.steps:
         text = EVENT_TEXT.get(event.event_id) or PLAIN_EVENT_TEXT.get(
             event.event_id, event.event_id.lower())
@@ -562,7 +592,8 @@ def narration(lab: Lab, message_id: str) -> str:
 def observed(lab: Lab, message_id: str) -> str:
     """What the tracking logs say about the recovery, counted."""
     events = lab.events(message_id)
-    takeovers = [e for e in events if e.event_id == "RESUBMIT"]
+    takeovers = [e for e in events if e.event_id == "RESUBMIT" and e.source == "SMTP"]
+    from_dumpster = sum(e.event_id == "RESUBMIT" and e.source == "DUMPSTER" for e in events)
     duplicates = sum(e.event_id == "DUPLICATEDELIVER" for e in events)
     delivered = sum(e.event_id == "DELIVER" for e in events)
     parts = [f"{delivered} delivery row{'s' if delivered != 1 else ''}",
@@ -572,6 +603,8 @@ def observed(lab: Lab, message_id: str) -> str:
                                                                 takeovers})))
     else:
         parts.append("no shadow takeover")
+    if from_dumpster:
+        parts.append(f"{from_dumpster} redelivery from a transport dumpster")
     return "; ".join(parts)
 
 
