@@ -38,6 +38,9 @@ from exchange_emu.smtp.replies import Reply
 log = Logger()
 
 PLAN_FILE = "faults.json"
+APPLIED_FILE = "faults.applied"
+"""Written by the server: the stamp (inode, mtime, size) of the plan it applies, so that the lab
+knows when a change has taken effect."""
 POLL_INTERVAL = 0.2
 STAGES = ("CONNECT", "EHLO", "HELO", "STARTTLS", "AUTH", "XSHADOW", "MAIL", "RCPT", "DATA",
           "DOT", "BDAT", "XEXCH50", "XQDISCARD", "RSET", "NOOP", "QUIT")
@@ -90,7 +93,9 @@ class FaultPlan:
     """Peer server name → (its FQDN, mode, hang seconds)."""
     delay: float = 0.0
     scripted: list[_ScriptedReply] = field(default_factory=list)
-    _stamp: tuple[int, int] | None = None
+    _stamp: tuple[int, int, int] | None = None
+    """(inode, mtime, size) of the file last read: the lab replaces it atomically, so a
+    change always shows, even within the file system's timestamp granularity."""
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> FaultPlan:
@@ -100,11 +105,15 @@ class FaultPlan:
 
     # -- reading the file ------------------------------------------------------------
 
+    @property
+    def stamp(self) -> tuple[int, int, int] | None:
+        return self._stamp
+
     def reload(self) -> bool:
         """Re-read the plan file if it changed; True when it did."""
         try:
             st = os.stat(self.path)
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
         if stamp == self._stamp:
@@ -238,6 +247,7 @@ class FaultPlanWatcher(service.Service):
         self.server = server
         self.clock = clock
         self._loop: LoopingCall | None = None
+        self._acknowledged: object = ()
 
     def startService(self) -> None:
         super().startService()
@@ -254,6 +264,22 @@ class FaultPlanWatcher(service.Service):
         if changed:
             log.info("{server}: fault plan now: {summary}", server=self.server,
                      summary=describe(self.plan))
+        if self.plan.stamp != self._acknowledged:
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Tell the lab which plan is in force (APPLIED_FILE, replaced atomically)."""
+        stamp = self.plan.stamp
+        applied = self.plan.path.with_name(APPLIED_FILE)
+        temporary = applied.with_name(APPLIED_FILE + ".tmp")
+        try:
+            applied.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps({"stamp": list(stamp) if stamp else None}))
+            os.replace(temporary, applied)
+        except OSError as e:
+            log.warn("cannot write {path}: {e}", path=applied, e=e)
+            return
+        self._acknowledged = stamp
 
     def stopService(self) -> Any:
         if self._loop is not None and self._loop.running:

@@ -149,3 +149,31 @@ def test_client_cannot_reach_a_partitioned_peer(plan: FaultPlan) -> None:
     assert len(failure) == 1
     clock.advance(0.1)
     assert failure[1].check(error.TimeoutError)
+
+
+def test_the_watcher_applies_a_change_and_tells_the_lab(tmp_path: Path) -> None:
+    """The server polls its plan and acknowledges it; the lab sees when it is in force."""
+    from exchange_emu.directory import load_organization
+    from exchange_emu.fault_plan import FaultPlanWatcher
+    from exchange_emu.lab import fault_control
+    from exchange_emu.lab.org_builder import OrgSpec, ServerSpec, write_org
+
+    config = write_org(tmp_path / "org.toml", OrgSpec([ServerSpec("HUB01", "hub", 2525),
+                                                       ServerSpec("HUB02", "hub", 2526)]))
+    organization = load_organization(config)
+    hub01 = organization.server("HUB01")
+    hub01.data_dir.mkdir(parents=True)
+    clock = Clock()
+    plan = FaultPlan.for_data_dir(hub01.data_dir)
+    watcher = FaultPlanWatcher(plan, "HUB01", clock)
+    watcher.startService()
+    assert fault_control.applied(hub01)
+    fault_control.partition(organization, "HUB01", "HUB02", "blackhole", 5)
+    assert not fault_control.applied(hub01) and plan.partitions == {}
+    clock.advance(0.2)
+    assert plan.partition_from("HUB02") == ("blackhole", 5.0)
+    assert fault_control.applied(hub01)
+    fault_control.heal(organization, ["HUB01", "HUB02"])
+    clock.advance(0.2)
+    assert plan.partition_from("HUB02") is None and fault_control.applied(hub01)
+    watcher.stopService()

@@ -95,6 +95,10 @@ def _plan_command(action: Callable[[Any, argparse.Namespace], str]) -> Callable[
             print(action(organization, args))
         except FaultError as e:
             return _error(str(e))
+        late = fault_control.not_applied(organization)
+        if late:
+            print(f"exchange-emu: note: not picked up yet by {', '.join(late)} (a stopped "
+                  "server applies its plan when it starts)", file=sys.stderr)
         return 0
 
     return run

@@ -105,9 +105,17 @@ class Lab:
         await self._admin("/faults/crash-at", {"server": name, "step": step})
         await self.listening(name)
 
-    def plan(self, text: str, change: Callable[..., str], *args: Any) -> None:
+    async def plan(self, text: str, change: Callable[..., str], *args: Any) -> None:
+        """Change fault plans, and wait until every running server applies them."""
         change(self.organization, *args)
         self.note(text)
+        running = await self.running()
+
+        async def in_force() -> bool:
+            return all(fault_control.applied(self.organization.server(name))
+                       for name, up in running.items() if up)
+
+        await self.until("the servers to apply the fault plan", in_force, 10.0)
 
     async def running(self) -> dict[str, bool]:
         admin = self.organization.lab.admin
@@ -385,11 +393,11 @@ async def d43_kill_primary(lab: Lab) -> tuple[str, Outcome]:
 
 async def d43_partition(lab: Lab) -> tuple[str, Outcome]:
     message_id, holder = await _primary_holding(lab, "D.4.3 partition")
-    lab.plan(f"partitioned {holder} from HUB03 (connections refused)",
+    await lab.plan(f"partitioned {holder} from HUB03 (connections refused)",
              fault_control.partition, holder, "HUB03")
     await lab.row(message_id, event_id="RESUBMIT", timeout=_takeover_wait(lab))
     lab.note(f"{holder} took ownership: its heartbeats to HUB03 could not get through")
-    lab.plan(f"healed the partition between {holder} and HUB03", fault_control.heal,
+    await lab.plan(f"healed the partition between {holder} and HUB03", fault_control.heal,
              [holder, "HUB03"])
     await lab.server("start", "MBX02", "carol's mailbox server is back")
     await lab.settle(message_id, "DUPLICATEDELIVER", "both copies reached MBX02")
@@ -442,17 +450,20 @@ async def e4_wipe_legacy(lab: Lab) -> tuple[str, Outcome]:
 
 async def _edge_holding(lab: Lab, label: str) -> str:
     for hub in ("HUB01", "HUB02"):
-        lab.plan(f"black-holed EDGE01 from {hub}: EDGE01 cannot hand the message on",
+        await lab.plan(f"black-holed EDGE01 from {hub}: EDGE01 cannot hand the message on",
                  fault_control.partition, "EDGE01", hub, "blackhole", 3.0)
     message_id = await internet_sends(lab, label)
     await lab.row(message_id, step="F.4")
+    if any("F.5" in e.steps for e in lab.events(message_id)):
+        raise ExperimentError("EDGE01 sent the message on before the fault took effect; "
+                              "run the experiment again")
     lab.note("F.4 seen: EDGE01 committed the message and holds INTERNET01's 250")
     return message_id
 
 
 async def _edge_back(lab: Lab, message_id: str) -> None:
     for hub in ("HUB01", "HUB02"):
-        lab.plan(f"healed EDGE01 and {hub}", fault_control.heal, ["EDGE01", hub])
+        await lab.plan(f"healed EDGE01 and {hub}", fault_control.heal, ["EDGE01", hub])
     await lab.server("start", "EDGE01", "back with its queue database")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exchange_emu.directory import Organization, Server
-from exchange_emu.fault_plan import PARTITION_MODES, PLAN_FILE, normalize_stage
+from exchange_emu.fault_plan import APPLIED_FILE, PARTITION_MODES, PLAN_FILE, normalize_stage
 
 
 class FaultError(Exception):
@@ -59,6 +59,33 @@ def write_plan(server: Server, plan: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as out:
         json.dump(plan, out, indent=2)
     os.replace(temporary, path)
+
+
+def applied(server: Server) -> bool:
+    """Has the (running) server picked up the current state of its plan file?"""
+    try:
+        st = plan_path(server).stat()
+        current: list[int] | None = [st.st_ino, st.st_mtime_ns, st.st_size]
+    except FileNotFoundError:
+        current = None
+    try:
+        acknowledged = json.loads((Path(server.data_dir) / APPLIED_FILE).read_text())
+    except (OSError, ValueError):
+        return current is None
+    return bool(acknowledged.get("stamp") == current)
+
+
+def not_applied(organization: Organization, timeout: float = 3.0) -> list[str]:
+    """Wait (bounded) until every server has picked up its plan; the ones that did not
+    (stopped servers never do: they read the plan when they start)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        late = [s.name for s in organization.servers.values() if not applied(s)]
+        if not late or time.monotonic() > deadline:
+            return late
+        time.sleep(0.05)
 
 
 def partition(organization: Organization, a: str, b: str, mode: str = "refuse",
