@@ -116,10 +116,18 @@ def register(commands: Any, with_config: Callable[[argparse.ArgumentParser], Non
         "crash-at act on whole servers through the lab admin endpoint (supervised lab); "
         "partition, heal, slow and reply write the servers' fault plans and work with "
         "--single-process too.")
+    with_config(fault)  # `fault --config X kill S` as well as `fault kill S --config X`
+
+    def sub_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default=argparse.SUPPRESS,
+                       help="organization file (TOML; default etc/lab.toml)")
+        p.add_argument("--port-offset", type=int, default=argparse.SUPPRESS,
+                       help="shift every port by N")
+
     faults = fault.add_subparsers(dest="fault", metavar="FAULT", required=True)
     for action, text in SERVER_ACTIONS.items():
         p = faults.add_parser(action, help=text, description=text)
-        with_config(p)
+        sub_config(p)
         p.add_argument("server", metavar="SERVER")
         p.set_defaults(func=cmd_server_action)
 
@@ -127,7 +135,7 @@ def register(commands: Any, with_config: Callable[[argparse.ArgumentParser], Non
         "crash-at", help="restart a server so that it crashes at a step",
         description="Restart SERVER with EXCHANGE_EMU_CRASH_AT=STEP: it kills itself "
         "(SIGKILL) right after that point (see docs/lab.md for the points).")
-    with_config(crash)
+    sub_config(crash)
     crash.add_argument("server", metavar="SERVER")
     crash.add_argument("step", metavar="STEP")
     crash.set_defaults(func=cmd_crash_at)
@@ -137,7 +145,7 @@ def register(commands: Any, with_config: Callable[[argparse.ArgumentParser], Non
         description="Connections between A and B fail both ways: refuse (connection "
         "refused / 421 after EHLO) or blackhole (a connect that hangs --hang seconds; the "
         "server never answers).")
-    with_config(part)
+    sub_config(part)
     part.add_argument("a", metavar="SERVER_A")
     part.add_argument("b", metavar="SERVER_B")
     part.add_argument("--mode", choices=PARTITION_MODES, default="refuse")
@@ -151,14 +159,14 @@ def register(commands: Any, with_config: Callable[[argparse.ArgumentParser], Non
         "heal", help="undo faults: all, one server's, or one partition",
         description="No server: heal every fault. One: every fault of that server. Two: the "
         "partition between them.")
-    with_config(heal)
+    sub_config(heal)
     heal.add_argument("servers", nargs="*", metavar="SERVER")
     heal.set_defaults(func=_plan_command(lambda org, a: fault_control.heal(org, a.servers)))
 
     slow = faults.add_parser("slow", help="delay every SMTP reply of a server",
                              description="Every SMTP reply of SERVER (banner included) "
                              "comes --delay milliseconds late; --delay 0 undoes it.")
-    with_config(slow)
+    sub_config(slow)
     slow.add_argument("server", metavar="SERVER")
     slow.add_argument("--delay", type=int, required=True, metavar="MS")
     slow.set_defaults(func=_plan_command(
@@ -169,7 +177,7 @@ def register(commands: Any, with_config: Callable[[argparse.ArgumentParser], Non
         description="The next --count replies of SERVER at --verb (CONNECT is the banner, "
         "DOT/EOD the reply after DATA's dot, BDAT the reply to BDAT LAST) become --code "
         "--text. Exchange servers send with BDAT. --count 0: every time until healed.")
-    with_config(reply)
+    sub_config(reply)
     reply.add_argument("server", metavar="SERVER")
     reply.add_argument("--verb", required=True, metavar="|".join(STAGES[:9]) + "|...")
     reply.add_argument("--code", type=int, required=True)
@@ -183,5 +191,5 @@ def register(commands: Any, with_config: Callable[[argparse.ArgumentParser], Non
         org, a.server, a.verb, a.code, a.text, a.count, a.probability, a.seed)))
 
     listing = faults.add_parser("list", help="the faults in force")
-    with_config(listing)
+    sub_config(listing)
     listing.set_defaults(func=_plan_command(_list))
