@@ -88,14 +88,15 @@ def cmd_crash_at(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_command(action: Callable[[Any, argparse.Namespace], str]) -> Callable[..., int]:
+def _plan_command(action: Callable[[Any, argparse.Namespace], str],
+                  changes: bool = True) -> Callable[..., int]:
     def run(args: argparse.Namespace) -> int:
         organization = _organization(args)
         try:
             print(action(organization, args))
         except FaultError as e:
             return _error(str(e))
-        late = fault_control.not_applied(organization)
+        late = fault_control.not_applied(organization) if changes else []
         if late:
             print(f"exchange-emu: note: not picked up yet by {', '.join(late)} (a stopped "
                   "server applies its plan when it starts)", file=sys.stderr)
@@ -192,4 +193,4 @@ def register(commands: Any, with_config: Callable[[argparse.ArgumentParser], Non
 
     listing = faults.add_parser("list", help="the faults in force")
     sub_config(listing)
-    listing.set_defaults(func=_plan_command(_list))
+    listing.set_defaults(func=_plan_command(_list, changes=False))

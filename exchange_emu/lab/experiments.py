@@ -534,12 +534,11 @@ def find(scenario: str, spec: str) -> Experiment:
     for key, experiment in EXPERIMENTS.items():
         if key.lower() == wanted.lower() and experiment.scenario in scenario:
             return experiment
-    valid = ", ".join(k for k, e in EXPERIMENTS.items() if e.scenario == scenario)
-    every = ", ".join(f"{e.scenario}: {k}" for k, e in EXPERIMENTS.items())
-    if valid:
+    valid = ", ".join(k for k, e in EXPERIMENTS.items() if e.scenario in scenario)
+    if len(scenario) == 1:
         raise ExperimentError(f"no experiment {spec!r} for scenario {scenario}; "
                               f"valid: {valid}")
-    raise ExperimentError(f"no experiment {spec!r} for scenario {scenario}; valid: {every}")
+    raise ExperimentError(f"no experiment {spec!r}; valid: {valid}")
 
 
 # -- narration --------------------------------------------------------------------------
