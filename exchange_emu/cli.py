@@ -79,7 +79,7 @@ def _run_supervised(organization: Any, config: Path, port_offset: int) -> int:
             reactor.listenTCP(admin.port, admin_site(supervisor), interface=admin.host)
         except CannotListenError as e:
             return _error(f"the lab admin endpoint cannot listen on {admin}: {e.socketError}")
-        print(f"Lab admin (faults: exchange-emu fault kill|stop|start|restart SERVER): "
+        print(f"Lab admin (faults: exchange-emu fault --help): "
               f"http://{admin}/servers", flush=True)
         print(f"Management API (exchange-emu get-queue, get-message, ...): "
               f"http://{admin}/api/queues", flush=True)
@@ -316,35 +316,6 @@ def cmd_um_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fault(args: argparse.Namespace) -> int:
-    """Break a whole server of the running lab: kill (SIGKILL), stop, start, restart."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    organization = _load(args.config, args.port_offset)
-    admin = organization.lab.admin
-    if admin is None:
-        return _error(f"{args.config} gives the lab no admin address ([lab] admin)")
-    url = f"http://{admin}/servers/{args.server}/{args.action}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"),
-                                    timeout=60) as response:
-            answer = json.load(response)
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.load(e).get("error", str(e))
-        except ValueError:
-            message = str(e)
-        return _error(message)
-    except OSError as e:
-        return _error(f"no lab answers at http://{admin} ({getattr(e, 'reason', e)}); "
-                      "is exchange-emu lab running (not --single-process)?")
-    state = "running" if answer["running"] else "not running"
-    print(f"{answer['server']}: {answer['action']} done; now {state}")
-    return 0
-
-
 def cmd_scenario(args: argparse.Namespace) -> int:
     """Run scenarios through the running lab and narrate them from the tracking logs."""
     from exchange_emu.lab.scenarios import SCENARIOS, run
@@ -354,6 +325,10 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     wanted = SCENARIOS if args.scenario.lower() == "all" else args.scenario.upper()
     if wanted not in SCENARIOS or not wanted:
         return _error(f"no scenario {args.scenario!r}: A, B, C, D, E, F or all")
+    if args.fail is not None:
+        from exchange_emu.lab.cli_experiments import run_failure
+
+        return run_failure(organization, wanted, args.fail, args.timeout)
     outcome: list[Any] = []
 
     async def go(reactor: Any) -> None:
@@ -511,15 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     um.add_argument("--hub", metavar="NAME", help="the hub to submit to (default: the first)")
     um.set_defaults(func=cmd_um_submit)
 
-    fault = commands.add_parser(
-        "fault", help="break a server of the running lab (kill, stop, start, restart)",
-        description="Fault injection on whole servers of a running `exchange-emu lab` (one "
-        "process per server): kill sends SIGKILL (a crash), stop a clean shutdown, start "
-        "and restart bring it back with its data.")
-    with_config(fault)
-    fault.add_argument("action", choices=("kill", "stop", "start", "restart"))
-    fault.add_argument("server", metavar="SERVER")
-    fault.set_defaults(func=cmd_fault)
+    from exchange_emu.lab.cli_faults import register as register_faults
+
+    register_faults(commands, with_config)
 
     scenario = commands.add_parser(
         "scenario", help="run a scenario (A-F, or all) through the running lab, narrated",
@@ -533,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_run.add_argument("scenario", metavar="A|B|C|D|E|F|all")
     scenario_run.add_argument("--timeout", type=float, default=60.0,
                               help="seconds to wait for the steps")
+    scenario_run.add_argument("--fail", metavar="STEP:ACTION",
+                              help="a failure experiment, e.g. D.4.3:kill-primary "
+                              "(docs/teaching/)")
     scenario_run.set_defaults(func=cmd_scenario)
 
     from exchange_emu.admin.cli_queues import register as register_management

@@ -1,8 +1,17 @@
-"""Fault hooks a server honours so a test or the lab can break it at an exact step.
+"""Crash points: a server kills itself at an exact instant, for fault injection.
 
-``EXCHANGE_EMU_CRASH_AT=C.1`` in a server's environment makes it kill itself
-with SIGKILL right after that step happened and before anything else is
-committed — the instant a real crash is hardest to hit by timing alone.
+``EXCHANGE_EMU_CRASH_AT=<point>`` in a server's environment makes it kill itself
+with SIGKILL there — the instants a real crash is hardest to hit by timing alone
+(``exchange-emu fault crash-at SERVER POINT`` restarts a lab server so):
+
+- ``A``   mailbox server: a client's message arrived, before the Outbox commit;
+- ``B.2`` hub: it committed a message taken from an Outbox to its Submission queue,
+  before it logged B.2 or answered the mailbox;
+- ``C.1`` hub: it delivered to a mailbox, before it recorded the delivery;
+- ``E.4`` legacy or Internet server (no XSHADOW): it committed a message and answered
+  250, before writing it to its own mailbox.
+
+Network partitions, slow replies and scripted replies: exchange_emu/fault_plan.py.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from twisted.logger import Logger
 log = Logger()
 
 CRASH_AT = "EXCHANGE_EMU_CRASH_AT"
+CRASH_POINTS = ("A", "B.2", "C.1", "E.4")
 
 
 def crash_point(step: str) -> None:

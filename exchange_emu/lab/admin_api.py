@@ -5,6 +5,8 @@ injection on whole servers, and the management API of every server.
                                             "endpoints"}, ...]
     POST /servers/<NAME>/<ACTION>      -> {"server", "action", "running"}
     GET|POST /api/...                  the management API (docs/management.md)
+    GET|POST /faults/...               partitions, slow servers, scripted replies
+                                       (lab/fault_api.py); wipe-db is a server action
 
 The endpoint is a twisted.web resource tree: another part of the lab mounts itself with one
 line, e.g. ``admin_root(...).putChild(b"faults", FaultsResource(supervisor))``.
@@ -18,11 +20,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web import resource, server
 
+from exchange_emu.lab import fault_api
 from exchange_emu.lab.api_forward import TRANSPORT_ROLES, ApiForwarder, admin_address
+from exchange_emu.lab.fault_control import FaultError
 from exchange_emu.lab.lab_api import SendResource, TrackingResource
 from exchange_emu.lab.supervisor import LabSupervisor
 
-ACTIONS = ("kill", "stop", "start", "restart")
+ACTIONS = ("kill", "stop", "start", "restart", "wipe-db")
 
 
 def _json(request: Any, status: int, body: Any) -> bytes:
@@ -91,6 +95,11 @@ class ServersResource(resource.Resource):
     def act(self, name: str, action: str) -> Deferred[Any]:
         supervisor = self.supervisor
         running = name in supervisor.processes
+        if action == "wipe-db":
+            try:
+                return fault_api.wipe_db(supervisor, name)
+            except FaultError as e:
+                return fail(e)
         if action == "kill":
             if not running:
                 return fail(ValueError(f"{name} is not running"))
@@ -106,14 +115,13 @@ class ServersResource(resource.Resource):
         return d.addCallback(lambda _: supervisor.start(name))
 
 
-
-
 def admin_root(supervisor: LabSupervisor, reactor: Any = None) -> resource.Resource:
     """The lab endpoint's root: ``/servers`` and ``/api``; mount more with putChild."""
     if reactor is None:
         reactor = supervisor.reactor
     root = resource.Resource()
     root.putChild(b"servers", ServersResource(supervisor))
+    root.putChild(b"faults", fault_api.FaultsResource(supervisor))
     api = ApiForwarder(supervisor, reactor)
     api.putChild(b"tracking", TrackingResource(supervisor))
     api.putChild(b"send", SendResource(supervisor, reactor))

@@ -90,8 +90,9 @@ class LabSupervisor:
                 str(self.config), "--server", server.name, "--port-offset",
                 str(self.port_offset)]
 
-    def start(self, name: str | None = None) -> None:
-        """Start every server (or one)."""
+    def start(self, name: str | None = None, env_extra: dict[str, str] | None = None) -> None:
+        """Start every server (or one; ``env_extra`` adds to its environment, e.g.
+        EXCHANGE_EMU_CRASH_AT for fault injection)."""
         servers = ([self.organization.server(name)] if name
                    else list(self.organization.servers.values()))
         if name is None:
@@ -103,6 +104,8 @@ class LabSupervisor:
             proto = ServerProcessProtocol(server.name, self.write, self._server_ready)
             argv = self.argv(server)
             env = dict(os.environ, PYTHONUNBUFFERED="1")  # no line lost when a server stops
+            env.pop("EXCHANGE_EMU_CRASH_AT", None)
+            env.update(env_extra or {})
             transport = self.reactor.spawnProcess(proto, argv[0], argv, env=env)
             self.processes[server.name] = (transport, proto)
             proto.ended.addBoth(self._ended, server.name, proto)

@@ -14,6 +14,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, Server
+from exchange_emu.faults import crash_point
 from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
@@ -100,6 +101,7 @@ class MailboxServer(service.MultiService):
 
     async def client_submit(self, mailbox: str, recipients: list[str], body: bytes) -> OutboxItem:
         """Scenario A: the client's message goes into the sender's Outbox, and nothing else."""
+        crash_point("A")  # the client's message is here, not yet in the Outbox (fault injection)
         item = await self.store.submit_to_outbox(
             mailbox=mailbox, recipients=recipients, mime=body, now=self.clock.seconds(),
             fqdn=self.server.fqdn)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -150,7 +151,7 @@ class ExchangeESMTP(Protocol):
         self._session_timer = self.clock.callLater(
             self.settings.connection_timeout, self._timed_out
         )
-        self._send(replies.r(220, self._banner()))
+        self._respond(self._faulted("CONNECT", lambda: replies.r(220, self._banner())))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
@@ -264,12 +265,50 @@ class ExchangeESMTP(Protocol):
         if handler is None or not verb.replace("-", "").isalnum():
             self._protocol_error(replies.UNRECOGNIZED)
             return
+        if verb == "BDAT":  # a scripted BDAT reply answers the last chunk (see _end_of_body)
+            self._respond(self._run_handler(verb, handler, argument))
+            return
+        helo = argument.strip(" ") if verb in ("EHLO", "HELO") else None
+        self._respond(self._faulted(verb, lambda: self._run_handler(verb, handler, argument),
+                                    helo=helo))
+
+    def _scripted_reply(self, reply: Reply | None, close: bool) -> Reply | None:
+        if not close:
+            return reply
+        assert reply is not None
+        self._send(reply)
+        self._close()
+        return None
+
+    def _run_handler(self, verb: str, handler: Any, argument: str) -> Any:
         try:
-            result = handler(argument.strip(" "))
+            return handler(argument.strip(" "))
         except Exception:
             log.failure("SMTP command {verb} failed", verb=verb)
-            result = replies.LOCAL_ERROR
-        self._respond(result)
+            return replies.LOCAL_ERROR
+
+    def _faulted(self, stage: str, run: Callable[[], Any], helo: str | None = None,
+                 replaced: Callable[[], None] | None = None) -> Any:
+        """The reply at ``stage`` as the server's fault plan (exchange_emu/fault_plan.py)
+        has it: a partition, a slow server or a scripted reply; else ``run()``."""
+        plan = getattr(self.factory, "faults", None)
+        if plan is None:
+            return run()
+        fault = plan.intercept(stage, helo or (self.session.helo if self.session else None))
+        if fault is None:
+            return run()
+        self.protocol_log.info(f"fault injection at {stage}")
+        if fault.blackhole:  # no answer, and input waits, until the partition heals
+            return plan.healed(self.clock, lambda: self._closed, helo).addCallback(
+                lambda _: self._faulted(stage, run, helo, replaced))
+        answer = run
+        if fault.replaces:
+            if replaced is not None:
+                replaced()
+            answer = lambda: self._scripted_reply(fault.reply, fault.close)  # noqa: E731
+        if fault.delay > 0:
+            return deferLater(self.clock, fault.delay, answer)
+        return answer()
 
     def _respond(self, result: Reply | Deferred[Any] | None) -> None:
         if isinstance(result, Deferred):
@@ -747,7 +786,7 @@ class ExchangeESMTP(Protocol):
         self._buffer = rest
         self._mode = "command"
         self._decoder = None
-        self._respond(self._end_of_body())
+        self._respond(self._end_of_body("DOT"))
         return True
 
     def smtp_BDAT(self, argument: str) -> Reply | None:
@@ -779,10 +818,10 @@ class ExchangeESMTP(Protocol):
             transaction.spool = self._new_spool(2**62)
         spool = transaction.spool
 
-        def chunk_done() -> Reply | Deferred[Any]:
+        def chunk_done() -> Reply | Deferred[Any] | None:
             if not last:
                 return replies.chunk_received(size)
-            return self._end_of_body()
+            return self._end_of_body("BDAT")
 
         self._read_raw(size, spool.write, chunk_done)
         return None
@@ -821,8 +860,20 @@ class ExchangeESMTP(Protocol):
             result = replies.LOCAL_ERROR
         self._respond(result)
 
-    def _end_of_body(self) -> Reply | Deferred[Any]:
-        """The whole body is in: refuse it, or hand it to the policy to commit."""
+    def _end_of_body(self, stage: str) -> Reply | Deferred[Any] | None:
+        """The whole body is in (after DATA's dot, or BDAT LAST): the fault plan's reply,
+        or the server's own."""
+        transaction = self._transaction
+
+        def drop() -> None:
+            self._transaction = None
+            if transaction is not None:
+                transaction.close()
+
+        return self._faulted(stage, self._commit_body, replaced=drop)
+
+    def _commit_body(self) -> Reply | Deferred[Any]:
+        """Refuse the body, or hand it to the policy to commit."""
         transaction = self._transaction
         assert transaction is not None and transaction.spool is not None and self.session
         self._transaction = None
@@ -936,6 +987,8 @@ class ExchangeESMTPFactory(ServerFactory):
             session_log_factory or NullSessionLogFactory()
         )
         self.noisy = False
+        self.faults: Any = None
+        """The server's fault plan (exchange_emu.fault_plan.FaultPlan), if it has one."""
         self.sessions: set[ExchangeESMTP] = set()
         self._per_source: dict[str, int] = {}
         self._ids = itertools.count(int(clock.seconds() * 1000) << 12)

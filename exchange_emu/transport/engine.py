@@ -697,6 +697,7 @@ class DeliveryQueue:
         the delivery is recorded."""
         engine = self.engine
         now = engine.clock.seconds()
+        crash_point("E.4")  # a server without XSHADOW took it; not yet delivered (fault injection)
         written = await threads.deferToThread(
             _write_local_mailboxes, Path(engine.server.data_dir) / "Mailboxes", items)
         results = [jobs.MessageResult(item.envelope.internal_id, delivered=tuple(

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, ReceiveConnector, Server, TransportSettings
+from exchange_emu.fault_plan import FaultPlan, FaultPlanWatcher
 from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.protocol_log import ProtocolLog
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
@@ -95,6 +96,9 @@ class TransportServer(service.MultiService):
             tls = server_options(self.credentials)
             self.engine.client_tls = ClientContexts(self.credentials)
         self.engine.setServiceParent(self)
+        self.faults = FaultPlan.for_data_dir(server.data_dir)
+        FaultPlanWatcher(self.faults, server.name, clock).setServiceParent(self)
+        self.engine.connect = self.faults.guard(self.engine.connect, clock)
         if server.has_role("hub") and server.site is not None:
             self.store_driver = HubStoreDriver(
                 organization, server, reactor, accept=self.store.accept_message,
@@ -116,6 +120,7 @@ class TransportServer(service.MultiService):
                 self.receive_log
             )
             self.connectors[connector.name] = (policy, factory)
+            factory.faults = self.faults
             Listener(server.name, f"receive connector '{connector.name}'", connector.bind,
                      factory, reactor).setServiceParent(self)
 

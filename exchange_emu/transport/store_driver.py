@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from exchange_emu.directory import Organization, Server
+from exchange_emu.faults import crash_point
 from exchange_emu.storage import NewMessage
 from exchange_emu.storedriver.commands import (
     Deliver,
@@ -167,6 +168,7 @@ class HubStoreDriver(service.MultiService):
             mapi_submission=f"{link.mailbox_server}:{database}:{item_id}",
         )
         internal_id = await self.accept(new)
+        crash_point("B.2")  # in the Submission queue, the mailbox not told (fault injection)
         self.submitted(internal_id, new)
         return internal_id
 
