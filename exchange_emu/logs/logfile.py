@@ -229,7 +229,9 @@ class RollingLogFile:
         """Buffer one row; roll to a new file first on a date change or when full."""
         if len(values) != len(self.fields):
             raise ValueError(f"expected {len(self.fields)} values, got {len(values)}")
-        line = _csv_line(values).encode("utf-8")
+        # A peer's bytes that are not UTF-8 (kept as surrogates) are logged escaped
+        # (``\udcff``): a log line must never fail because of what a client sent.
+        line = _csv_line(values).encode("utf-8", "backslashreplace")
         now = self.now()
         day = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d")
         full = self._rows_in_file > 0 and self._size + len(line) > self.max_file_size

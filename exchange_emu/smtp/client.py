@@ -176,7 +176,8 @@ class ESMTPClientProtocol(Protocol):
 
     def _reply_line(self, line: str) -> None:
         code = line[:3]
-        if len(line) < 3 or not code.isdigit() or line[3:4] not in ("", " ", "-"):
+        well_formed = len(line) >= 3 and code.isascii() and code.isdigit()
+        if not well_formed or line[3:4] not in ("", " ", "-"):
             self._abort(f"malformed reply line {line[:80]!r}")
             return
         self._lines.append(line[4:])

@@ -5,7 +5,6 @@ on them (``XSHADOW`` context, ``XSHADOW=`` message id, database id)."""
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +62,9 @@ def _check_address(path: str, *, allow_null: bool) -> str:
         raise EnvelopeSyntaxError("empty address")
     if any(ord(c) < 33 or ord(c) == 127 for c in path):
         raise EnvelopeSyntaxError("control character or space in address")
+    if not path.isascii():
+        # No SMTPUTF8 (Exchange 2010 does not offer it): addresses are ASCII.
+        raise EnvelopeSyntaxError("non-ASCII character in address")
     match = _ADDRESS.match(path) or _QUOTED_LOCAL.match(path)
     if match is None:
         raise EnvelopeSyntaxError(f"not an address: {path!r}")
@@ -81,6 +83,12 @@ def parse_params(text: str) -> dict[str, str | None]:
             raise EnvelopeSyntaxError(f"duplicate parameter {key}")
         params[key] = value if eq else None
     return params
+
+
+def is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²`` or ``١``, which ``int`` refuses
+    or reads as another number."""
+    return text.isascii() and text.isdigit()
 
 
 def xtext_decode(text: str) -> str:
@@ -142,7 +150,7 @@ def decode_shadow_context(encoded: str) -> ShadowContext:
         raise EnvelopeSyntaxError("shadow context over 255 characters")
     try:
         raw = base64.b64decode(encoded, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as e:
+    except ValueError as e:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         raise EnvelopeSyntaxError("shadow context is not base64 of UTF-8 text") from e
     parts = raw.split("@")
     if len(parts) != 3 or not parts[1]:
@@ -160,7 +168,7 @@ def encode_database_id(database_id: uuid.UUID) -> str:
 def decode_database_id(text: str) -> uuid.UUID:
     try:
         raw = base64.b64decode(text, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or non-ASCII text
         raise EnvelopeSyntaxError("database id is not base64") from e
     if len(raw) != 16:
         raise EnvelopeSyntaxError("database id is not 16 bytes")

@@ -10,7 +10,6 @@ later pipelined input waits in the buffer, so replies never change order.
 from __future__ import annotations
 
 import base64
-import binascii
 import email.parser
 import email.policy
 import itertools
@@ -30,6 +29,7 @@ from exchange_emu.smtp.body import BodySpool, DotDecoder
 from exchange_emu.smtp.envelope import (
     EnvelopeSyntaxError,
     decode_shadow_context,
+    is_number,
     parse_path_command,
     parse_shadow_message_id,
     xtext_decode,
@@ -348,7 +348,7 @@ class ExchangeESMTP(Protocol):
         return keywords
 
     def _greeting(self, argument: str, esmtp: bool) -> Reply:
-        if not argument or " " in argument:
+        if not _is_hello_name(argument):
             return replies.INVALID_DOMAIN
         self._reset_transaction()
         self.session = self._with(helo=argument, esmtp=esmtp, shadow_context=None)
@@ -521,7 +521,7 @@ class ExchangeESMTP(Protocol):
             return replies.BAD_SEQUENCE
         if not argument:
             return replies.DISCARD_COUNT_REQUIRED
-        if not argument.isdigit() or int(argument) <= 0:
+        if not is_number(argument) or int(argument) <= 0:
             return replies.INVALID_ARGUMENTS
         maximum = min(int(argument), MAX_DISCARD_QUERY)
         d = self.policy.take_discards(self.session, maximum)
@@ -541,7 +541,7 @@ class ExchangeESMTP(Protocol):
         if self._transaction is None or not self._transaction.recipients:
             return replies.BAD_SEQUENCE
         parts = argument.split()
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        if len(parts) != 2 or not all(is_number(p) for p in parts):
             return replies.INVALID_ARGUMENTS
         length = int(parts[0])
         if length > MAX_XEXCH50_BLOB:
@@ -611,7 +611,7 @@ class ExchangeESMTP(Protocol):
         assert self.session is not None
         for key, value in params.items():
             if key == "SIZE":
-                if value is None or not value.isdigit():
+                if value is None or not is_number(value):
                     return replies.INVALID_ARGUMENTS
                 if self.settings.max_message_size and int(value) > self.settings.max_message_size:
                     return replies.SIZE_EXCEEDED
@@ -707,7 +707,7 @@ class ExchangeESMTP(Protocol):
         parts = argument.split()
         valid = (
             len(parts) in (1, 2)
-            and parts[0].isdigit()
+            and is_number(parts[0])
             and (len(parts) == 1 or parts[1].upper() == "LAST")
         )
         if not valid:
@@ -836,8 +836,14 @@ def _b64(text: str) -> str | None:
     """Decode a base64 SASL line (None when it is not base64 of UTF-8)."""
     try:
         return base64.b64decode(text.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         return None
+
+
+def _is_hello_name(argument: str) -> bool:
+    """A HELO/EHLO domain or address literal: printable ASCII, no spaces. A bare CR or a
+    control character would end up in the ``Received:`` header this server writes."""
+    return bool(argument) and argument.isascii() and all(33 <= ord(c) < 127 for c in argument)
 
 
 def _no_delay(transport: Any) -> None:
