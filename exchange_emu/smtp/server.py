@@ -97,7 +97,7 @@ class ExchangeESMTP(Protocol):
         self.session_id = session_id
         self.session: SessionInfo | None = None
         self.protocol_log: SessionLog = NullSessionLogFactory().open_session("", "", "")
-        self._buffer = b""
+        self._buffer = bytearray()  # consumed from the front: del is O(1) there
         self._mode = "command"
         self._busy = False
         self._processing = False
@@ -182,7 +182,7 @@ class ExchangeESMTP(Protocol):
 
     def _close(self) -> None:
         self._mode = "closing"
-        self._buffer = b""
+        self._buffer.clear()
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _send(self, reply: Reply) -> None:
@@ -231,13 +231,16 @@ class ExchangeESMTP(Protocol):
         newline = self._buffer.find(b"\n")
         limit = self.settings.max_command_line_length
         if newline < 0:
-            if len(self._buffer) > limit:
+            if self._discarding_long_line:
+                self._buffer.clear()  # still the refused line: already answered
+            elif len(self._buffer) > limit:
                 # Refuse now; drop the rest of this line when its end comes.
-                self._buffer = b""
+                self._buffer.clear()
                 self._discarding_long_line = True
                 self._protocol_error(replies.LINE_TOO_LONG)
             return False
-        line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+        line = bytes(self._buffer[:newline])
+        del self._buffer[: newline + 1]
         if self._discarding_long_line:
             self._discarding_long_line = False
             return True
@@ -393,7 +396,7 @@ class ExchangeESMTP(Protocol):
         self._send(replies.TLS_READY)
         # Anything pipelined after the command arrived in clear text before
         # the handshake: discard it, never execute it.
-        self._buffer = b""
+        self._buffer.clear()
         self.transport.startTLS(self.settings.tls)  # type: ignore[union-attr]
         self.session = self._with(tls=True, helo=None, esmtp=False, shadow_context=None,
                                   authenticated_as=None)
@@ -625,11 +628,7 @@ class ExchangeESMTP(Protocol):
                 if value is None or value.upper() not in ("FULL", "HDRS"):
                     return replies.INVALID_ARGUMENTS
             elif key in ("ENVID", "AUTH"):
-                if value is None:
-                    return replies.INVALID_ARGUMENTS
-                try:
-                    xtext_decode(value)
-                except EnvelopeSyntaxError:
+                if value is None or not _printable_xtext(value):
                     return replies.INVALID_ARGUMENTS
             else:
                 return replies.unsupported_parameter(key)
@@ -652,7 +651,8 @@ class ExchangeESMTP(Protocol):
                     return replies.INVALID_ARGUMENTS
                 notify = (value or "").upper()
             elif key == "ORCPT":
-                if not value:
+                # addr-type ";" xtext (RFC 3461), nothing that decodes to a line break
+                if not value or ";" not in value or not _printable_xtext(value):
                     return replies.INVALID_ARGUMENTS
                 orcpt = value
             else:
@@ -692,11 +692,11 @@ class ExchangeESMTP(Protocol):
 
     def _data_step(self) -> bool:
         assert self._decoder is not None
-        rest = self._decoder.feed(self._buffer)
-        self._buffer = b""
+        rest = self._decoder.feed(bytes(self._buffer))
+        self._buffer.clear()
         if rest is None:
             return False
-        self._buffer = rest
+        self._buffer += rest
         self._mode = "command"
         self._decoder = None
         self._respond(self._end_of_body())
@@ -751,8 +751,8 @@ class ExchangeESMTP(Protocol):
 
     def _raw_step(self) -> bool:
         assert self._raw_sink is not None
-        take = self._buffer[: self._raw_remaining]
-        self._buffer = self._buffer[len(take) :]
+        take = bytes(self._buffer[: self._raw_remaining])
+        del self._buffer[: len(take)]
         self._raw_remaining -= len(take)
         self._raw_sink(take)
         if self._raw_remaining:
@@ -838,6 +838,16 @@ def _b64(text: str) -> str | None:
         return base64.b64decode(text.strip(), validate=True).decode("utf-8")
     except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         return None
+
+
+def _printable_xtext(value: str) -> bool:
+    """RFC 3461 xtext that decodes to printable US-ASCII: an ``ENVID`` or ``ORCPT`` with an
+    encoded CR or LF would inject lines into the DSN this server may write later."""
+    try:
+        decoded = xtext_decode(value)
+    except EnvelopeSyntaxError:
+        return False
+    return all(32 <= ord(c) < 127 for c in decoded)
 
 
 def _is_hello_name(argument: str) -> bool:
