@@ -77,6 +77,17 @@ class BodySpool:
                 return head[: end + len(sep)]
         return head
 
+    def header_size_exceeds(self, limit: int) -> bool:
+        """MaxHeaderSize: the header block (up to the first empty line) is over ``limit``."""
+        if self.size <= limit:
+            return False
+        self._file.seek(0)
+        head = self._file.read(limit + 4)
+        self._file.seek(0, 2)
+        ends = [end + len(sep) for sep in (b"\r\n\r\n", b"\n\n")
+                if (end := head.find(sep)) >= 0]
+        return not ends or min(ends) > limit + 2  # the empty line's own CRLF is free
+
     def open(self) -> PrefixedBody:
         """A readable view of the stored body, after ``prefix`` (trace headers)."""
         return PrefixedBody(self.prefix, self._file)

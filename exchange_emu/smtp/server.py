@@ -785,6 +785,9 @@ class ExchangeESMTP(Protocol):
         if spool.line_too_long:
             transaction.close()
             return replies.BODY_LINE_TOO_LONG
+        if spool.header_size_exceeds(self.settings.max_header_size):
+            transaction.close()
+            return replies.HEADER_SIZE_EXCEEDED
         message_id, subject, hops = _header_facts(spool.headers(self.settings.max_header_size))
         prefix = self._trace_headers()
         if message_id is None:
