@@ -341,3 +341,27 @@ def test_flood_behind_a_held_reply_pauses_the_client_instead_of_buffering_it():
     assert h.transport.producerState == "paused"
     policy.held[0].callback(None)
     assert h.transport.value().startswith(b"250 2.6.0")
+
+
+# -- found by the fuzzers (tests/test_smtp_fuzz.py) ---------------------------------------
+
+
+def test_stuffed_dot_line_arriving_byte_by_byte_is_unstuffed():
+    """A "..\\r\\n" line fed one byte at a time was cut between its CRLF and its dots,
+    so the stuffed dot stayed in the body."""
+    h = session()
+    h.feed(MAIL + b"DATA\r\n")
+    for byte in b"Subject: s\r\n..\r\n...x\r\n.\r\n":
+        h.feed(bytes([byte]))
+    assert h.policy.stored[0].body.endswith(b"Subject: s\r\n.\r\n..x\r\n")
+
+
+def test_command_line_of_exactly_the_limit_is_not_refused_when_its_cr_comes_alone():
+    """A line of max_command_line_length bytes whose CR arrived before its LF was refused
+    as too long; the same bytes in one packet were not."""
+    settings = ServerSettings("Default HUB01", "hub01.contoso.test", max_command_line_length=80)
+    h = connect(settings=settings)
+    h.output()
+    line = b"NOOP " + b"x" * 75
+    assert h.feed(line + b"\r") == b""
+    assert h.feed(b"\n") == b"250 2.0.0 OK\r\n"

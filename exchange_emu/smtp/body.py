@@ -154,10 +154,12 @@ class DotDecoder:
         cut = work.rfind(b"\r\n")
         if cut <= 0:
             # No line end beyond the carried one: keep what could start a
-            # terminator, pass the rest on (a very long line).
-            cut = max(0, len(work) - 4)
-            if not self._started and cut < 2:
+            # terminator, pass the rest on (a very long line) — but never cut
+            # through a leading "\r\n..", whose stuffed dot must go.
+            cut = len(work) - 4
+            if work.startswith(b"\r\n") and cut < 4:
                 cut = 0
+            cut = max(cut, 0)
         self._emit(work[:cut])
         self._carry = work[cut:]
         return None

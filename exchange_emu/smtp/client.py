@@ -51,10 +51,12 @@ class OutboundMessage:
     shadow_message_id: str | None = None
     body_type: str = "7BIT"
     envid: str | None = None
+    """``ENVID`` as received: already xtext, sent on unchanged."""
     ret: str | None = None
     xexch50: bytes | None = None
     notify: dict[str, str] = field(default_factory=dict)
     orcpt: dict[str, str] = field(default_factory=dict)
+    """``ORCPT`` per recipient as received (``rfc822;`` xtext), sent on unchanged."""
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,7 @@ class _Conversation:
             if message.ret:
                 parts.append(f"RET={message.ret}")
             if message.envid:
-                parts.append(f"ENVID={xtext_encode(message.envid)}")
+                parts.append(f"ENVID={message.envid}")
         return " ".join(parts)
 
     def _rcpt_command(self, message: OutboundMessage, rcpt: str) -> str:
@@ -362,7 +364,7 @@ class _Conversation:
             if rcpt in message.notify:
                 line += f" NOTIFY={message.notify[rcpt]}"
             if rcpt in message.orcpt:
-                line += f" ORCPT={xtext_encode(message.orcpt[rcpt])}"
+                line += f" ORCPT={message.orcpt[rcpt]}"
         return line
 
     async def send_message(self, message: OutboundMessage) -> MessageOutcome:

@@ -92,8 +92,8 @@ def is_number(text: str) -> bool:
 
 
 def xtext_decode(text: str) -> str:
-    """Decode RFC 3461 xtext (``+XX`` hex escapes)."""
-    out = []
+    """Decode RFC 3461 xtext (``+XX`` hex escapes of UTF-8 bytes; Latin-1 if not UTF-8)."""
+    out = bytearray()
     i = 0
     while i < len(text):
         c = text[i]
@@ -101,19 +101,25 @@ def xtext_decode(text: str) -> str:
             hexpart = text[i + 1 : i + 3]
             if len(hexpart) != 2 or not all(h in "0123456789ABCDEFabcdef" for h in hexpart):
                 raise EnvelopeSyntaxError("bad xtext escape")
-            out.append(chr(int(hexpart, 16)))
+            out.append(int(hexpart, 16))
             i += 3
         else:
             if not 33 <= ord(c) <= 126 or c == "=":
                 raise EnvelopeSyntaxError("bad xtext character")
-            out.append(c)
+            out.append(ord(c))
             i += 1
-    return "".join(out)
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        return out.decode("latin-1")
 
 
 def xtext_encode(text: str) -> str:
+    """RFC 3461 xtext: printable ASCII but ``+`` and ``=`` as is, every other byte of the
+    UTF-8 encoding as ``+XX``."""
     return "".join(
-        c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}" for c in text
+        c if 33 <= ord(c) <= 126 and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+        for c in text
     )
 
 

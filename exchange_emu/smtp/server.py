@@ -233,8 +233,9 @@ class ExchangeESMTP(Protocol):
         if newline < 0:
             if self._discarding_long_line:
                 self._buffer.clear()  # still the refused line: already answered
-            elif len(self._buffer) > limit:
-                # Refuse now; drop the rest of this line when its end comes.
+            elif len(self._buffer) - self._buffer.endswith(b"\r") > limit:
+                # Refuse now (a last CR may still be the line's end, so it does not
+                # count); drop the rest of this line when its end comes.
                 self._buffer.clear()
                 self._discarding_long_line = True
                 self._protocol_error(replies.LINE_TOO_LONG)
