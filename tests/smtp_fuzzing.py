@@ -25,7 +25,7 @@ from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 
-from smtp_fakes import NOW, FakePolicy, _addr
+from smtp_fakes import NOW, FakePolicy, _addr, run_due_calls
 
 CONTEXT = encode_shadow_context("0f3b0c50-985c-4e23-a9b7-4a7b46d456e0", "HUB01", "").encode()
 
@@ -95,6 +95,7 @@ def run_session(pieces: Sequence[bytes], org: bool = True) -> Outcome:
             if transport.disconnecting:
                 break
             proto.dataReceived(piece)
+            run_due_calls(clock)
         closed = bool(transport.disconnecting)
         proto.connectionLost(None)
     assert not failures, failures

@@ -51,6 +51,8 @@ log = Logger()
 
 MAX_XEXCH50_BLOB = 1024 * 1024
 MAX_DISCARD_QUERY = 1000
+STEPS_PER_TURN = 100
+"""Pipelined commands (or body chunks) one session handles before the others get a turn."""
 _BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
 _NOTIFY_VALUES = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
 
@@ -114,6 +116,9 @@ class ExchangeESMTP(Protocol):
         self._idle_timer: IDelayedCall | None = None
         self._session_timer: IDelayedCall | None = None
         self._paused_transport = False
+        self._writes_blocked = False  # the client does not read its replies
+        self._producing_for_transport = False
+        self._next_turn: IDelayedCall | None = None  # a flood waits for its next turn
         self._auth_continuation: Callable[[str], Any] | None = None
 
     # -- connection -----------------------------------------------------
@@ -121,6 +126,9 @@ class ExchangeESMTP(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         _no_delay(transport)
+        if getattr(transport, "registerProducer", None) is not None:
+            transport.registerProducer(self, True)  # told when its write buffer is full
+            self._producing_for_transport = True
         local, peer = transport.getHost(), transport.getPeer()
         self.session = SessionInfo(
             session_id=self.session_id,
@@ -155,7 +163,7 @@ class ExchangeESMTP(Protocol):
         self._closed = True
         if isinstance(self.factory, ExchangeESMTPFactory):
             self.factory.release(self)
-        for timer in (self._idle_timer, self._session_timer):
+        for timer in (self._idle_timer, self._session_timer, self._next_turn):
             if timer is not None and timer.active():
                 timer.cancel()
         if self._transaction is not None and not self._busy:
@@ -183,7 +191,12 @@ class ExchangeESMTP(Protocol):
     def _close(self) -> None:
         self._mode = "closing"
         self._buffer.clear()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        if self._producing_for_transport:
+            # A TLS transport shuts down only once no producer is registered.
+            self._producing_for_transport = False
+            transport.unregisterProducer()
+        transport.loseConnection()
 
     def _send(self, reply: Reply) -> None:
         if self._closed:
@@ -203,29 +216,57 @@ class ExchangeESMTP(Protocol):
         self._process()
 
     def _process(self) -> None:
-        if self._processing:
+        if self._processing or self._next_turn is not None:
             return
         self._processing = True
         try:
             steps = {"command": self._command_step, "data": self._data_step,
                      "raw": self._raw_step}
+            turn = 0
             while self._buffer and not self._busy and self._mode in steps:
+                if turn == STEPS_PER_TURN:
+                    # A client pipelining without end: let every other session have
+                    # its turn before this one goes on (its reading is paused till then).
+                    self._next_turn = self.clock.callLater(0, self._take_turn)
+                    break
+                turn += 1
                 if not steps[self._mode]():
                     break
         finally:
             self._processing = False
         self._flow_control()
 
+    def _take_turn(self) -> None:
+        self._next_turn = None
+        if not self._closed:
+            self._process()
+
     def _flow_control(self) -> None:
-        """Stop reading from a client that pipelines far ahead of a held reply."""
+        """Stop reading from a client that pipelines far ahead of a held reply, that does
+        not read its replies, or that waits for its next turn (TCP back-pressure does the
+        rest)."""
         backlog = len(self._buffer) > 1024 * 1024 and self._busy
+        pause = backlog or self._writes_blocked or self._next_turn is not None
         transport: Any = self.transport
-        if backlog and not self._paused_transport:
+        if pause and not self._paused_transport:
             self._paused_transport = True
             transport.pauseProducing()
-        elif not backlog and self._paused_transport:
+        elif not pause and self._paused_transport:
             self._paused_transport = False
             transport.resumeProducing()
+
+    # IPushProducer: the transport says when its write buffer is full and drained again.
+
+    def pauseProducing(self) -> None:
+        self._writes_blocked = True
+        self._flow_control()
+
+    def resumeProducing(self) -> None:
+        self._writes_blocked = False
+        self._flow_control()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost does the cleaning up."""
 
     def _command_step(self) -> bool:
         newline = self._buffer.find(b"\n")
