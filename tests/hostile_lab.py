@@ -32,7 +32,8 @@ from server_process import ServerProcess, free_ports
 def hostile_org(directory: Path, **receive: TomlValue) -> tuple[Path, dict[str, int]]:
     """The organization file and the ports of HUB01 and INTERNET01 (the sink's)."""
     hub_port, internet_port = free_ports(2)
-    settings: dict[str, TomlValue] = {"org_server_networks": ()}
+    # No tarpit unless asked for: the tests check each reply, not Exchange's 5 s delay.
+    settings: dict[str, TomlValue] = {"org_server_networks": (), "tarpit_interval": "00:00:00"}
     settings.update(receive)
     spec = OrgSpec(
         [ServerSpec("HUB01", "hub", hub_port, ack_delay="00:00:00", receive_settings=settings),

@@ -7,6 +7,7 @@ test_smtp_server.py; the same limits against a real hub are in test_hostile_proc
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from hostile_lab import hostile_org
@@ -15,7 +16,7 @@ from exchange_emu.directory import load_organization
 from exchange_emu.smtp.interfaces import ServerSettings
 from exchange_emu.transport.server import receive_settings
 
-from smtp_fakes import connect
+from smtp_fakes import FakePolicy, connect
 
 
 def test_connection_timeout_closes_even_a_busy_session():
@@ -99,3 +100,52 @@ def test_every_receive_connector_limit_of_the_file_reaches_the_protocol(tmp_path
             settings.max_command_line_length, settings.max_data_line_length,
             settings.max_header_size) == (
         1024**2, 7, 600, 550, 3, 120.0, 9.0, 4, 1000, 2000, 32 * 1024)
+
+
+def test_tarpit_holds_a_5xx_to_an_anonymous_peer_and_what_was_pipelined_after_it():
+    """TarpitInterval: the 5xx goes out after the interval, later replies after it, in order;
+    the protocol log says why."""
+    lines: list[str] = []
+    settings = ServerSettings("Default HUB01", "hub01.contoso.test", tarpit_interval=5.0)
+    h = connect(FakePolicy(org=False), settings)
+    h.proto.protocol_log.info = lambda data, context="": lines.append(data)
+    h.output()
+    assert h.feed(b"EHLO x\r\nFOO\r\nNOOP\r\n").startswith(b"250-hub01.contoso.test Hello")
+    h.clock.advance(4.8)
+    assert h.output() == b""
+    h.clock.advance(0.4)
+    assert h.output() == b"500 5.3.3 Unrecognized command\r\n250 2.0.0 OK\r\n"
+    assert lines == ["Tarpit for '0.00:00:05' due to '500 5.3.3 Unrecognized command'"]
+
+
+def test_tarpit_spares_org_servers_and_authenticated_clients_and_2xx():
+    settings = ServerSettings("Default HUB01", "hub01.contoso.test", tarpit_interval=5.0)
+    h = connect(FakePolicy(org=True), settings)
+    h.output()
+    assert h.feed(b"FOO\r\n") == b"500 5.3.3 Unrecognized command\r\n"
+    client = ServerSettings("Client HUB01", "hub01.contoso.test", client_connector=True,
+                            auth_mechanisms=("PLAIN",), require_authentication=True,
+                            tarpit_interval=5.0)
+    h = connect(FakePolicy(org=False), client)
+    h.output()
+    plain = base64.b64encode(b"\0alice@contoso.test\0secret")
+    assert h.feed(b"EHLO x\r\nAUTH PLAIN " + plain + b"\r\n").endswith(b"235 2.7.0 "
+                                                                        b"Authentication "
+                                                                        b"successful\r\n")
+    assert h.feed(b"MAIL FROM:<bob@contoso.test>\r\n").startswith(b"550 5.7.60")
+
+
+def test_tarpitted_junk_connection_is_throttled_to_one_error_per_interval():
+    """Five junk lines at once from an anonymous peer: the 421 comes 25 s later, not now."""
+    settings = ServerSettings("Default HUB01", "hub01.contoso.test", tarpit_interval=5.0)
+    h = connect(FakePolicy(org=False), settings)
+    h.output()
+    assert h.feed(b"JUNK\r\n" * 5) == b""
+    for _ in range(4):
+        h.clock.advance(5)
+        assert h.output() == b"500 5.3.3 Unrecognized command\r\n"
+    assert not h.transport.disconnecting
+    h.clock.advance(5)
+    assert h.transport.disconnecting
+    assert h.output().endswith(b"421 4.7.0 Too many errors on this connection, closing "
+                               b"transmission channel\r\n")

@@ -119,6 +119,7 @@ class ExchangeESMTP(Protocol):
         self._writes_blocked = False  # the client does not read its replies
         self._producing_for_transport = False
         self._next_turn: IDelayedCall | None = None  # a flood waits for its next turn
+        self._tarpit: IDelayedCall | None = None  # a held 5xx (TarpitInterval)
         self._auth_continuation: Callable[[str], Any] | None = None
 
     # -- connection -----------------------------------------------------
@@ -163,11 +164,11 @@ class ExchangeESMTP(Protocol):
         self._closed = True
         if isinstance(self.factory, ExchangeESMTPFactory):
             self.factory.release(self)
-        for timer in (self._idle_timer, self._session_timer, self._next_turn):
+        for timer in (self._idle_timer, self._session_timer, self._next_turn, self._tarpit):
             if timer is not None and timer.active():
                 timer.cancel()
-        if self._transaction is not None and not self._busy:
-            self._transaction.close()
+        if self._transaction is not None and (not self._busy or self._tarpit is not None):
+            self._transaction.close()  # (a Deferred of the policy may still hold it)
         self.protocol_log.disconnected()
 
     def _with(self, **changes: Any) -> SessionInfo:
@@ -279,7 +280,7 @@ class ExchangeESMTP(Protocol):
                 # count); drop the rest of this line when its end comes.
                 self._buffer.clear()
                 self._discarding_long_line = True
-                self._protocol_error(replies.LINE_TOO_LONG)
+                self._answer(replies.LINE_TOO_LONG)
             return False
         line = bytes(self._buffer[:newline])
         del self._buffer[: newline + 1]
@@ -289,7 +290,7 @@ class ExchangeESMTP(Protocol):
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > limit:
-            self._protocol_error(replies.LINE_TOO_LONG)
+            self._answer(replies.LINE_TOO_LONG)
             return True
         if self._auth_continuation is not None:
             continuation, self._auth_continuation = self._auth_continuation, None
@@ -306,7 +307,7 @@ class ExchangeESMTP(Protocol):
         self.protocol_log.received(text if verb != "AUTH" else "AUTH ****")
         handler = getattr(self, f"smtp_{verb.replace('-', '_')}", None)
         if handler is None or not verb.replace("-", "").isalnum():
-            self._protocol_error(replies.UNRECOGNIZED)
+            self._answer(replies.UNRECOGNIZED)
             return
         try:
             result = handler(argument.strip(" "))
@@ -321,10 +322,33 @@ class ExchangeESMTP(Protocol):
             result.addErrback(self._command_failed)
             result.addCallback(self._deferred_reply)
         elif result is not None:
-            if result.code in (500, 501, 503) or result.code == 555:
-                self._protocol_error(result)
-            else:
-                self._send(result)
+            self._answer(result)
+
+    def _answer(self, reply: Reply) -> None:
+        """Send a reply now or, a 5xx to an anonymous peer, after TarpitInterval (Exchange
+        slows down a peer that may be abusing the connection; later input waits)."""
+        assert self.session is not None
+        interval = self.settings.tarpit_interval
+        anonymous = not self.session.org_server and self.session.authenticated_as is None
+        if reply.code >= 500 and anonymous and interval > 0:
+            self._busy = True
+            self.protocol_log.info(f"Tarpit for '{_timespan(interval)}' due to '{reply}'")
+            self._tarpit = self.clock.callLater(interval, self._after_tarpit, reply)
+            return
+        self._deliver(reply)
+
+    def _after_tarpit(self, reply: Reply) -> None:
+        self._tarpit = None
+        self._busy = False
+        self._deliver(reply)
+        if not self._closed:
+            self._process()
+
+    def _deliver(self, reply: Reply) -> None:
+        if reply.code in (500, 501, 503, 555):
+            self._protocol_error(reply)
+        else:
+            self._send(reply)
 
     def _command_failed(self, failure: Failure) -> Reply:
         log.failure("SMTP command failed", failure)
@@ -883,6 +907,14 @@ def _b64(text: str) -> str | None:
         return base64.b64decode(text.strip(), validate=True).decode("utf-8")
     except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         return None
+
+
+def _timespan(seconds: float) -> str:
+    """``0.00:00:05`` (d.hh:mm:ss[.fff]), as Exchange's protocol log writes a tarpit."""
+    millis = round(seconds * 1000)
+    whole, ms = divmod(millis, 1000)
+    text = f"{whole // 86400}.{whole // 3600 % 24:02}:{whole // 60 % 60:02}:{whole % 60:02}"
+    return text + (f".{ms:03}" if ms else "")
 
 
 def _printable_xtext(value: str) -> bool:
