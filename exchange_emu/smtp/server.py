@@ -51,7 +51,7 @@ log = Logger()
 
 MAX_XEXCH50_BLOB = 1024 * 1024
 MAX_DISCARD_QUERY = 1000
-STEPS_PER_TURN = 100
+STEPS_PER_TURN = 25
 """Pipelined commands (or body chunks) one session handles before the others get a turn."""
 _BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
 _NOTIFY_VALUES = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
@@ -246,6 +246,8 @@ class ExchangeESMTP(Protocol):
         """Stop reading from a client that pipelines far ahead of a held reply, that does
         not read its replies, or that waits for its next turn (TCP back-pressure does the
         rest)."""
+        if self._closed or self._mode == "closing":
+            return
         backlog = len(self._buffer) > 1024 * 1024 and self._busy
         pause = backlog or self._writes_blocked or self._next_turn is not None
         transport: Any = self.transport
