@@ -1,7 +1,8 @@
 """Property-based fuzzing of the receive protocol and the envelope parser (hypothesis).
 
 Bounded for CI: each property has a fixed example budget and the file runs in well under a
-minute. For a long run set ``HYPOTHESIS_PROFILE=fuzz-long`` (see docs/hostile-input.md).
+minute. For a long run set ``HYPOTHESIS_PROFILE=fuzz-long`` (``FUZZ_EXAMPLES`` examples per
+property, 20000 by default; see docs/hostile-input.md).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from exchange_emu.smtp.envelope import (
 
 settings.register_profile("fuzz-ci", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fuzz-long", max_examples=20_000, deadline=None,
+settings.register_profile("fuzz-long",
+                          max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")),
+                          deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "fuzz-ci")
 FUZZ = settings.get_profile(PROFILE if PROFILE.startswith("fuzz-") else "fuzz-ci")
