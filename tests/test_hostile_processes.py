@@ -177,3 +177,24 @@ def test_receive_connector_limits_on_a_real_hub(tmp_path: Path):
                                  b"transmission channel\r\n")
         assert again.closed_by_server()
         _no_crash(hub)
+
+
+def test_slow_loris_is_cut_off_by_connection_timeout(tmp_path: Path):
+    """One byte every 0.3 s keeps ConnectionInactivityTimeout (1 s) from firing, but not
+    ConnectionTimeout (3 s): the session ends with 421 4.4.1 and the hub still serves."""
+    with hub_and_sink(tmp_path, connection_inactivity_timeout="00:00:01",
+                      connection_timeout="00:00:03") as (hub, sink, port):
+        loris = RawSession(port)
+        started = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for byte in b"EHLO slowloris.example.with.a.long.name\r\n" * 3:
+                loris.send(bytes([byte]))
+                loris.sock.settimeout(0.3)
+                with contextlib.suppress(TimeoutError):
+                    if b"421 4.4.1" in loris.sock.recv(4096):
+                        break
+        lasted = time.monotonic() - started
+        assert 2.5 < lasted < 6, lasted
+        assert send(port, "<after-loris@fabrikam.test>")[0] == 250
+        assert len(sink.wait_for(1)) == 1
+        _no_crash(hub)
