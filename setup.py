@@ -34,6 +34,8 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "ruff>=0.5",
+            # coverage-guided fuzzing (tests/fuzz/); wheels exist for Linux x86_64 only
+            "atheris>=2.3; sys_platform == 'linux' and platform_machine == 'x86_64'",
         ],
     },
     entry_points={"console_scripts": ["exchange-emu = exchange_emu.cli:main"]},

@@ -103,6 +103,7 @@ class Harness:
         """Send bytes to the server; return the bytes it wrote since the last call."""
         self.transport.clear()
         self.proto.dataReceived(data)
+        run_due_calls(self.clock)
         return self.output()
 
     def output(self) -> bytes:
@@ -125,6 +126,12 @@ class TLSStringTransport(StringTransport):
 
     def getPeerCertificate(self) -> Any:
         return self.peer_certificate
+
+
+def run_due_calls(clock: Clock) -> None:
+    """Run what the server scheduled for now (a pipelining session's next turn)."""
+    while any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
+        clock.advance(0)
 
 
 def connect(

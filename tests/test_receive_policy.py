@@ -41,7 +41,9 @@ class ReceivePolicyTests(TestCase):
         policy = TransportReceivePolicy(self.organization, self.server, connector,
                                         QueueStore(self.db), Clock(),
                                         on_submitted=self.submitted.append)
-        factory = ExchangeESMTPFactory(receive_settings(self.server, connector), policy, Clock())
+        self.clock = Clock()
+        factory = ExchangeESMTPFactory(receive_settings(self.server, connector), policy,
+                                       self.clock)
         self.proto = factory.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000),
                                     hostAddress=IPv4Address("TCP", "127.0.0.1", 25))
@@ -59,8 +61,11 @@ class ReceivePolicyTests(TestCase):
         t = self.connect(org_peer=False)
         out = self.feed(t, b"MAIL FROM:<x@example.net>\r\nRCPT TO:<erin@fabrikam.test>\r\n"
                            b"RCPT TO:<alice@contoso.test>\r\n")
-        assert out == (b"250 2.1.0 Sender OK\r\n550 5.7.1 Unable to relay\r\n"
-                       b"250 2.1.5 Recipient OK\r\n")
+        # The refusal is tarpitted (TarpitInterval, 5 s), and what follows waits for it.
+        assert out == b"250 2.1.0 Sender OK\r\n"
+        self.clock.advance(5)
+        assert t.value() == (b"250 2.1.0 Sender OK\r\n550 5.7.1 Unable to relay\r\n"
+                             b"250 2.1.5 Recipient OK\r\n")
 
     def test_org_server_may_relay_anywhere(self):
         t = self.connect(org_peer=True)

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+TomlValue = str | int | bool | tuple[str, ...]
+
 
 @dataclass(frozen=True)
 class ServerSpec:
@@ -30,6 +32,9 @@ class ServerSpec:
     """A ``Client <NAME>`` submission connector (AUTH LOGIN/PLAIN) on this port."""
     ack_delay: str | None = None
     """MaxAcknowledgementDelay of the Default connector (TimeSpan text)."""
+    receive_settings: Mapping[str, TomlValue] = field(default_factory=dict)
+    """More keys of the Default receive connector (``max_inbound_connection_per_source``,
+    ``connection_inactivity_timeout``, ``org_server_networks`` …)."""
 
     @property
     def fqdn(self) -> str:
@@ -79,9 +84,13 @@ class OrgSpec:
     """The lab admin endpoint (``[lab] admin``) of the supervisor."""
     mailbox_databases: Sequence[MailboxDatabaseSpec] = ()
     recipients: Sequence[RecipientSpec] = ()
+    relay_domains: Sequence[tuple[str, str]] = ()
+    """More accepted domains, as (domain, type): ``("fabrikam.test", "ExternalRelay")``."""
 
 
-def _value(value: str | int | bool) -> str:
+def _value(value: TomlValue) -> str:
+    if isinstance(value, tuple):
+        return _strings(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -104,6 +113,8 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
     lines += [f'[[sites]]\nname = "{site}"\n' for site in spec.sites]
     lines.append('[[accepted_domains]]\ndomain = "contoso.test"\ntype = "Authoritative"\n'
                  "default = true\n")
+    lines += [f'[[accepted_domains]]\ndomain = "{domain}"\ntype = "{kind}"\n'
+              for domain, kind in spec.relay_domains]
     for server in spec.servers:
         listener = "store_driver" if server.role == "mailbox" else "smtp"
         roles = _strings(server.role.split(","))
@@ -121,11 +132,14 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             text += f'database_url = "{server.database_url}"\n'
         if server.mailbox_store_url is not None:
             text += f'mailbox_store_url = "{server.mailbox_store_url}"\n'
-        if server.client_port is not None or server.ack_delay is not None:
+        if (server.client_port is not None or server.ack_delay is not None
+                or server.receive_settings):
             text += (f'[[servers.receive_connectors]]\nname = "Default {server.name}"\n'
                      f'bind = "127.0.0.1:{server.port}"\n')
             if server.ack_delay is not None:
                 text += f'max_acknowledgement_delay = "{server.ack_delay}"\n'
+            text += "".join(f"{key} = {_value(value)}\n"
+                            for key, value in server.receive_settings.items())
         if server.client_port is not None:
             text += (f'[[servers.receive_connectors]]\nname = "Client {server.name}"\n'
                      f'bind = "127.0.0.1:{server.client_port}"\nusage = "Client"\n'

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -67,9 +68,22 @@ def format_timestamp(when: datetime | float) -> str:
     """
     if isinstance(when, datetime):
         moment = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    else:
-        moment = datetime.fromtimestamp(when, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _last_second
+    frac, whole = math.modf(when)  # as datetime.fromtimestamp rounds to microseconds
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    second, ms = int(whole), micros // 1000
+    if _last_second[0] != second:  # strftime once a second, not once a row
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second = (second, prefix)
+    return f"{_last_second[1]}{ms:03d}Z"
+
+
+_last_second: tuple[int | None, str] = (None, "")
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -106,8 +120,13 @@ def parse_log_file_name(name: str, prefix: str | None = None) -> tuple[str, int]
     return match["date"], int(match["n"])
 
 
+_NEEDS_QUOTING = re.compile(r'[,"\r\n]')
+
+
 def _csv_line(values: Sequence[str]) -> str:
     """One CSV row as Exchange writes it: minimal quoting, quotes doubled, CRLF."""
+    if len(values) > 1 and not any(_NEEDS_QUOTING.search(v) for v in values):
+        return ",".join(values) + "\r\n"  # the usual row, without the csv module's cost
     out = io.StringIO()
     csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n").writerow(values)
     return out.getvalue()
@@ -208,6 +227,8 @@ class RollingLogFile:
         self.max_buffer = max_buffer
         self._clock = clock
         self._day: str | None = None
+        self._day_number: int | None = None  # days since the epoch of ``_day_text``
+        self._day_text = ""
         self._path: Path | None = None
         self._size = 0  # bytes of the current file: on disk plus buffered
         self._rows_in_file = 0
@@ -229,9 +250,14 @@ class RollingLogFile:
         """Buffer one row; roll to a new file first on a date change or when full."""
         if len(values) != len(self.fields):
             raise ValueError(f"expected {len(self.fields)} values, got {len(values)}")
-        line = _csv_line(values).encode("utf-8")
+        # A peer's bytes that are not UTF-8 (kept as surrogates) are logged escaped
+        # (``\udcff``): a log line must never fail because of what a client sent.
+        line = _csv_line(values).encode("utf-8", "backslashreplace")
         now = self.now()
-        day = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d")
+        if int(now // 86400) != self._day_number:
+            self._day_number = int(now // 86400)
+            self._day_text = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d")
+        day = self._day_text
         full = self._rows_in_file > 0 and self._size + len(line) > self.max_file_size
         if self._path is None or day != self._day or full:
             self._start_file(day, now)

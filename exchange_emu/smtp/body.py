@@ -77,6 +77,17 @@ class BodySpool:
                 return head[: end + len(sep)]
         return head
 
+    def header_size_exceeds(self, limit: int) -> bool:
+        """MaxHeaderSize: the header block (up to the first empty line) is over ``limit``."""
+        if self.size <= limit:
+            return False
+        self._file.seek(0)
+        head = self._file.read(limit + 4)
+        self._file.seek(0, 2)
+        ends = [end + len(sep) for sep in (b"\r\n\r\n", b"\n\n")
+                if (end := head.find(sep)) >= 0]
+        return not ends or min(ends) > limit + 2  # the empty line's own CRLF is free
+
     def open(self) -> PrefixedBody:
         """A readable view of the stored body, after ``prefix`` (trace headers)."""
         return PrefixedBody(self.prefix, self._file)
@@ -143,10 +154,12 @@ class DotDecoder:
         cut = work.rfind(b"\r\n")
         if cut <= 0:
             # No line end beyond the carried one: keep what could start a
-            # terminator, pass the rest on (a very long line).
-            cut = max(0, len(work) - 4)
-            if not self._started and cut < 2:
+            # terminator, pass the rest on (a very long line) — but never cut
+            # through a leading "\r\n..", whose stuffed dot must go.
+            cut = len(work) - 4
+            if work.startswith(b"\r\n") and cut < 4:
                 cut = 0
+            cut = max(cut, 0)
         self._emit(work[:cut])
         self._carry = work[cut:]
         return None

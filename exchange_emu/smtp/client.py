@@ -51,10 +51,12 @@ class OutboundMessage:
     shadow_message_id: str | None = None
     body_type: str = "7BIT"
     envid: str | None = None
+    """``ENVID`` as received: already xtext, sent on unchanged."""
     ret: str | None = None
     xexch50: bytes | None = None
     notify: dict[str, str] = field(default_factory=dict)
     orcpt: dict[str, str] = field(default_factory=dict)
+    """``ORCPT`` per recipient as received (``rfc822;`` xtext), sent on unchanged."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ class ESMTPClientProtocol(Protocol):
 
     def _reply_line(self, line: str) -> None:
         code = line[:3]
-        if len(line) < 3 or not code.isdigit() or line[3:4] not in ("", " ", "-"):
+        well_formed = len(line) >= 3 and code.isascii() and code.isdigit()
+        if not well_formed or line[3:4] not in ("", " ", "-"):
             self._abort(f"malformed reply line {line[:80]!r}")
             return
         self._lines.append(line[4:])
@@ -385,7 +388,7 @@ class _Conversation:
             if message.ret:
                 parts.append(f"RET={message.ret}")
             if message.envid:
-                parts.append(f"ENVID={xtext_encode(message.envid)}")
+                parts.append(f"ENVID={message.envid}")
         return " ".join(parts)
 
     def _rcpt_command(self, message: OutboundMessage, rcpt: str) -> str:
@@ -394,7 +397,7 @@ class _Conversation:
             if rcpt in message.notify:
                 line += f" NOTIFY={message.notify[rcpt]}"
             if rcpt in message.orcpt:
-                line += f" ORCPT={xtext_encode(message.orcpt[rcpt])}"
+                line += f" ORCPT={message.orcpt[rcpt]}"
         return line
 
     async def send_message(self, message: OutboundMessage) -> MessageOutcome:

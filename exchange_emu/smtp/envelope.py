@@ -5,7 +5,6 @@ on them (``XSHADOW`` context, ``XSHADOW=`` message id, database id)."""
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +62,9 @@ def _check_address(path: str, *, allow_null: bool) -> str:
         raise EnvelopeSyntaxError("empty address")
     if any(ord(c) < 33 or ord(c) == 127 for c in path):
         raise EnvelopeSyntaxError("control character or space in address")
+    if not path.isascii():
+        # No SMTPUTF8 (Exchange 2010 does not offer it): addresses are ASCII.
+        raise EnvelopeSyntaxError("non-ASCII character in address")
     match = _ADDRESS.match(path) or _QUOTED_LOCAL.match(path)
     if match is None:
         raise EnvelopeSyntaxError(f"not an address: {path!r}")
@@ -83,9 +85,15 @@ def parse_params(text: str) -> dict[str, str | None]:
     return params
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²`` or ``١``, which ``int`` refuses
+    or reads as another number."""
+    return text.isascii() and text.isdigit()
+
+
 def xtext_decode(text: str) -> str:
-    """Decode RFC 3461 xtext (``+XX`` hex escapes)."""
-    out = []
+    """Decode RFC 3461 xtext (``+XX`` hex escapes of UTF-8 bytes; Latin-1 if not UTF-8)."""
+    out = bytearray()
     i = 0
     while i < len(text):
         c = text[i]
@@ -93,19 +101,25 @@ def xtext_decode(text: str) -> str:
             hexpart = text[i + 1 : i + 3]
             if len(hexpart) != 2 or not all(h in "0123456789ABCDEFabcdef" for h in hexpart):
                 raise EnvelopeSyntaxError("bad xtext escape")
-            out.append(chr(int(hexpart, 16)))
+            out.append(int(hexpart, 16))
             i += 3
         else:
             if not 33 <= ord(c) <= 126 or c == "=":
                 raise EnvelopeSyntaxError("bad xtext character")
-            out.append(c)
+            out.append(ord(c))
             i += 1
-    return "".join(out)
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        return out.decode("latin-1")
 
 
 def xtext_encode(text: str) -> str:
+    """RFC 3461 xtext: printable ASCII but ``+`` and ``=`` as is, every other byte of the
+    UTF-8 encoding as ``+XX``."""
     return "".join(
-        c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}" for c in text
+        c if 33 <= ord(c) <= 126 and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
+        for c in text
     )
 
 
@@ -142,7 +156,7 @@ def decode_shadow_context(encoded: str) -> ShadowContext:
         raise EnvelopeSyntaxError("shadow context over 255 characters")
     try:
         raw = base64.b64decode(encoded, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as e:
+    except ValueError as e:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         raise EnvelopeSyntaxError("shadow context is not base64 of UTF-8 text") from e
     parts = raw.split("@")
     if len(parts) != 3 or not parts[1]:
@@ -160,7 +174,7 @@ def encode_database_id(database_id: uuid.UUID) -> str:
 def decode_database_id(text: str) -> uuid.UUID:
     try:
         raw = base64.b64decode(text, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or non-ASCII text
         raise EnvelopeSyntaxError("database id is not base64") from e
     if len(raw) != 16:
         raise EnvelopeSyntaxError("database id is not 16 bytes")

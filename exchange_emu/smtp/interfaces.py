@@ -36,6 +36,8 @@ class ServerSettings:
     max_messages_per_connection: int = 20
     connection_timeout: float = 600.0
     connection_inactivity_timeout: float = 300.0
+    tarpit_interval: float = 0.0
+    """TarpitInterval: how long a 5xx to an anonymous peer is held (Exchange: 5 s; 0 off)."""
     client_connector: bool = False
     """A ``Client <SERVER>`` connector: no XSHADOW, XEXCH50 or X-ANONYMOUSTLS."""
     tls: object | None = None

@@ -10,7 +10,6 @@ later pipelined input waits in the buffer, so replies never change order.
 from __future__ import annotations
 
 import base64
-import binascii
 import email.parser
 import email.policy
 import itertools
@@ -32,6 +31,7 @@ from exchange_emu.smtp.body import BodySpool, DotDecoder
 from exchange_emu.smtp.envelope import (
     EnvelopeSyntaxError,
     decode_shadow_context,
+    is_number,
     parse_path_command,
     parse_shadow_message_id,
     xtext_decode,
@@ -53,6 +53,8 @@ log = Logger()
 
 MAX_XEXCH50_BLOB = 1024 * 1024
 MAX_DISCARD_QUERY = 1000
+STEPS_PER_TURN = 25
+"""Pipelined commands (or body chunks) one session handles before the others get a turn."""
 _BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
 _NOTIFY_VALUES = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
 
@@ -99,7 +101,7 @@ class ExchangeESMTP(Protocol):
         self.session_id = session_id
         self.session: SessionInfo | None = None
         self.protocol_log: SessionLog = NullSessionLogFactory().open_session("", "", "")
-        self._buffer = b""
+        self._buffer = bytearray()  # consumed from the front: del is O(1) there
         self._mode = "command"
         self._busy = False
         self._processing = False
@@ -116,6 +118,10 @@ class ExchangeESMTP(Protocol):
         self._idle_timer: IDelayedCall | None = None
         self._session_timer: IDelayedCall | None = None
         self._paused_transport = False
+        self._writes_blocked = False  # the client does not read its replies
+        self._producing_for_transport = False
+        self._next_turn: IDelayedCall | None = None  # a flood waits for its next turn
+        self._tarpit: IDelayedCall | None = None  # a held 5xx (TarpitInterval)
         self._auth_continuation: Callable[[str], Any] | None = None
 
     # -- connection -----------------------------------------------------
@@ -123,6 +129,9 @@ class ExchangeESMTP(Protocol):
     def connectionMade(self) -> None:
         transport: Any = self.transport
         _no_delay(transport)
+        if getattr(transport, "registerProducer", None) is not None:
+            transport.registerProducer(self, True)  # told when its write buffer is full
+            self._producing_for_transport = True
         local, peer = transport.getHost(), transport.getPeer()
         self.session = SessionInfo(
             session_id=self.session_id,
@@ -157,11 +166,11 @@ class ExchangeESMTP(Protocol):
         self._closed = True
         if isinstance(self.factory, ExchangeESMTPFactory):
             self.factory.release(self)
-        for timer in (self._idle_timer, self._session_timer):
+        for timer in (self._idle_timer, self._session_timer, self._next_turn, self._tarpit):
             if timer is not None and timer.active():
                 timer.cancel()
-        if self._transaction is not None and not self._busy:
-            self._transaction.close()
+        if self._transaction is not None and (not self._busy or self._tarpit is not None):
+            self._transaction.close()  # (a Deferred of the policy may still hold it)
         self.protocol_log.disconnected()
 
     def _with(self, **changes: Any) -> SessionInfo:
@@ -184,8 +193,13 @@ class ExchangeESMTP(Protocol):
 
     def _close(self) -> None:
         self._mode = "closing"
-        self._buffer = b""
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._buffer.clear()
+        transport: Any = self.transport
+        if self._producing_for_transport:
+            # A TLS transport shuts down only once no producer is registered.
+            self._producing_for_transport = False
+            transport.unregisterProducer()
+        transport.loseConnection()
 
     def _send(self, reply: Reply) -> None:
         if self._closed:
@@ -205,48 +219,82 @@ class ExchangeESMTP(Protocol):
         self._process()
 
     def _process(self) -> None:
-        if self._processing:
+        if self._processing or self._next_turn is not None:
             return
         self._processing = True
         try:
             steps = {"command": self._command_step, "data": self._data_step,
                      "raw": self._raw_step}
+            turn = 0
             while self._buffer and not self._busy and self._mode in steps:
+                if turn == STEPS_PER_TURN:
+                    # A client pipelining without end: let every other session have
+                    # its turn before this one goes on (its reading is paused till then).
+                    self._next_turn = self.clock.callLater(0, self._take_turn)
+                    break
+                turn += 1
                 if not steps[self._mode]():
                     break
         finally:
             self._processing = False
         self._flow_control()
 
+    def _take_turn(self) -> None:
+        self._next_turn = None
+        if not self._closed:
+            self._process()
+
     def _flow_control(self) -> None:
-        """Stop reading from a client that pipelines far ahead of a held reply."""
+        """Stop reading from a client that pipelines far ahead of a held reply, that does
+        not read its replies, or that waits for its next turn (TCP back-pressure does the
+        rest)."""
+        if self._closed or self._mode == "closing":
+            return
         backlog = len(self._buffer) > 1024 * 1024 and self._busy
+        pause = backlog or self._writes_blocked or self._next_turn is not None
         transport: Any = self.transport
-        if backlog and not self._paused_transport:
+        if pause and not self._paused_transport:
             self._paused_transport = True
             transport.pauseProducing()
-        elif not backlog and self._paused_transport:
+        elif not pause and self._paused_transport:
             self._paused_transport = False
             transport.resumeProducing()
+
+    # IPushProducer: the transport says when its write buffer is full and drained again.
+
+    def pauseProducing(self) -> None:
+        self._writes_blocked = True
+        self._flow_control()
+
+    def resumeProducing(self) -> None:
+        self._writes_blocked = False
+        self._flow_control()
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost does the cleaning up."""
 
     def _command_step(self) -> bool:
         newline = self._buffer.find(b"\n")
         limit = self.settings.max_command_line_length
         if newline < 0:
-            if len(self._buffer) > limit:
-                # Refuse now; drop the rest of this line when its end comes.
-                self._buffer = b""
+            if self._discarding_long_line:
+                self._buffer.clear()  # still the refused line: already answered
+            elif len(self._buffer) - self._buffer.endswith(b"\r") > limit:
+                # Refuse now (a last CR may still be the line's end, so it does not
+                # count); drop the rest of this line when its end comes.
+                self._buffer.clear()
                 self._discarding_long_line = True
-                self._protocol_error(replies.LINE_TOO_LONG)
+                self._answer(replies.LINE_TOO_LONG)
             return False
-        line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+        line = bytes(self._buffer[:newline])
+        del self._buffer[: newline + 1]
         if self._discarding_long_line:
             self._discarding_long_line = False
             return True
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > limit:
-            self._protocol_error(replies.LINE_TOO_LONG)
+            self._answer(replies.LINE_TOO_LONG)
             return True
         if self._auth_continuation is not None:
             continuation, self._auth_continuation = self._auth_continuation, None
@@ -263,7 +311,7 @@ class ExchangeESMTP(Protocol):
         self.protocol_log.received(text if verb != "AUTH" else "AUTH ****")
         handler = getattr(self, f"smtp_{verb.replace('-', '_')}", None)
         if handler is None or not verb.replace("-", "").isalnum():
-            self._protocol_error(replies.UNRECOGNIZED)
+            self._answer(replies.UNRECOGNIZED)
             return
         if verb == "BDAT":  # a scripted BDAT reply answers the last chunk (see _end_of_body)
             self._respond(self._run_handler(verb, handler, argument))
@@ -316,10 +364,33 @@ class ExchangeESMTP(Protocol):
             result.addErrback(self._command_failed)
             result.addCallback(self._deferred_reply)
         elif result is not None:
-            if result.code in (500, 501, 503) or result.code == 555:
-                self._protocol_error(result)
-            else:
-                self._send(result)
+            self._answer(result)
+
+    def _answer(self, reply: Reply) -> None:
+        """Send a reply now or, a 5xx to an anonymous peer, after TarpitInterval (Exchange
+        slows down a peer that may be abusing the connection; later input waits)."""
+        assert self.session is not None
+        interval = self.settings.tarpit_interval
+        anonymous = not self.session.org_server and self.session.authenticated_as is None
+        if reply.code >= 500 and anonymous and interval > 0:
+            self._busy = True
+            self.protocol_log.info(f"Tarpit for '{_timespan(interval)}' due to '{reply}'")
+            self._tarpit = self.clock.callLater(interval, self._after_tarpit, reply)
+            return
+        self._deliver(reply)
+
+    def _after_tarpit(self, reply: Reply) -> None:
+        self._tarpit = None
+        self._busy = False
+        self._deliver(reply)
+        if not self._closed:
+            self._process()
+
+    def _deliver(self, reply: Reply) -> None:
+        if reply.code in (500, 501, 503, 555):
+            self._protocol_error(reply)
+        else:
+            self._send(reply)
 
     def _command_failed(self, failure: Failure) -> Reply:
         log.failure("SMTP command failed", failure)
@@ -417,7 +488,7 @@ class ExchangeESMTP(Protocol):
                                else "TLS: client certificate proves no org server")
 
     def _greeting(self, argument: str, esmtp: bool) -> Reply:
-        if not argument or " " in argument:
+        if not _is_hello_name(argument):
             return replies.INVALID_DOMAIN
         self._reset_transaction()
         self.session = self._with(helo=argument, esmtp=esmtp, shadow_context=None)
@@ -463,7 +534,7 @@ class ExchangeESMTP(Protocol):
         self._send(replies.TLS_READY)
         # Anything pipelined after the command arrived in clear text before
         # the handshake: discard it, never execute it.
-        self._buffer = b""
+        self._buffer.clear()
         self.transport.startTLS(self.settings.tls)  # type: ignore[union-attr]
         self.session = self._with(tls=True, helo=None, esmtp=False, shadow_context=None,
                                   authenticated_as=None)
@@ -606,7 +677,7 @@ class ExchangeESMTP(Protocol):
             return replies.BAD_SEQUENCE
         if not argument:
             return replies.DISCARD_COUNT_REQUIRED
-        if not argument.isdigit() or int(argument) <= 0:
+        if not is_number(argument) or int(argument) <= 0:
             return replies.INVALID_ARGUMENTS
         maximum = min(int(argument), MAX_DISCARD_QUERY)
         d = self.policy.take_discards(self.session, maximum)
@@ -626,7 +697,7 @@ class ExchangeESMTP(Protocol):
         if self._transaction is None or not self._transaction.recipients:
             return replies.BAD_SEQUENCE
         parts = argument.split()
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        if len(parts) != 2 or not all(is_number(p) for p in parts):
             return replies.INVALID_ARGUMENTS
         length = int(parts[0])
         if length > MAX_XEXCH50_BLOB:
@@ -698,7 +769,7 @@ class ExchangeESMTP(Protocol):
         assert self.session is not None
         for key, value in params.items():
             if key == "SIZE":
-                if value is None or not value.isdigit():
+                if value is None or not is_number(value):
                     return replies.INVALID_ARGUMENTS
                 if self.settings.max_message_size and int(value) > self.settings.max_message_size:
                     return replies.SIZE_EXCEEDED
@@ -712,11 +783,7 @@ class ExchangeESMTP(Protocol):
                 if value is None or value.upper() not in ("FULL", "HDRS"):
                     return replies.INVALID_ARGUMENTS
             elif key in ("ENVID", "AUTH"):
-                if value is None:
-                    return replies.INVALID_ARGUMENTS
-                try:
-                    xtext_decode(value)
-                except EnvelopeSyntaxError:
+                if value is None or not _printable_xtext(value):
                     return replies.INVALID_ARGUMENTS
             else:
                 return replies.unsupported_parameter(key)
@@ -739,7 +806,8 @@ class ExchangeESMTP(Protocol):
                     return replies.INVALID_ARGUMENTS
                 notify = (value or "").upper()
             elif key == "ORCPT":
-                if not value:
+                # addr-type ";" xtext (RFC 3461), nothing that decodes to a line break
+                if not value or ";" not in value or not _printable_xtext(value):
                     return replies.INVALID_ARGUMENTS
                 orcpt = value
             else:
@@ -779,11 +847,11 @@ class ExchangeESMTP(Protocol):
 
     def _data_step(self) -> bool:
         assert self._decoder is not None
-        rest = self._decoder.feed(self._buffer)
-        self._buffer = b""
+        rest = self._decoder.feed(bytes(self._buffer))
+        self._buffer.clear()
         if rest is None:
             return False
-        self._buffer = rest
+        self._buffer += rest
         self._mode = "command"
         self._decoder = None
         self._respond(self._end_of_body("DOT"))
@@ -794,7 +862,7 @@ class ExchangeESMTP(Protocol):
         parts = argument.split()
         valid = (
             len(parts) in (1, 2)
-            and parts[0].isdigit()
+            and is_number(parts[0])
             and (len(parts) == 1 or parts[1].upper() == "LAST")
         )
         if not valid:
@@ -838,8 +906,8 @@ class ExchangeESMTP(Protocol):
 
     def _raw_step(self) -> bool:
         assert self._raw_sink is not None
-        take = self._buffer[: self._raw_remaining]
-        self._buffer = self._buffer[len(take) :]
+        take = bytes(self._buffer[: self._raw_remaining])
+        del self._buffer[: len(take)]
         self._raw_remaining -= len(take)
         self._raw_sink(take)
         if self._raw_remaining:
@@ -884,6 +952,9 @@ class ExchangeESMTP(Protocol):
         if spool.line_too_long:
             transaction.close()
             return replies.BODY_LINE_TOO_LONG
+        if spool.header_size_exceeds(self.settings.max_header_size):
+            transaction.close()
+            return replies.HEADER_SIZE_EXCEEDED
         message_id, subject, hops = _header_facts(spool.headers(self.settings.max_header_size))
         prefix = self._trace_headers()
         if message_id is None:
@@ -935,8 +1006,32 @@ def _b64(text: str) -> str | None:
     """Decode a base64 SASL line (None when it is not base64 of UTF-8)."""
     try:
         return base64.b64decode(text.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text
         return None
+
+
+def _timespan(seconds: float) -> str:
+    """``0.00:00:05`` (d.hh:mm:ss[.fff]), as Exchange's protocol log writes a tarpit."""
+    millis = round(seconds * 1000)
+    whole, ms = divmod(millis, 1000)
+    text = f"{whole // 86400}.{whole // 3600 % 24:02}:{whole // 60 % 60:02}:{whole % 60:02}"
+    return text + (f".{ms:03}" if ms else "")
+
+
+def _printable_xtext(value: str) -> bool:
+    """RFC 3461 xtext that decodes to printable US-ASCII: an ``ENVID`` or ``ORCPT`` with an
+    encoded CR or LF would inject lines into the DSN this server may write later."""
+    try:
+        decoded = xtext_decode(value)
+    except EnvelopeSyntaxError:
+        return False
+    return all(32 <= ord(c) < 127 for c in decoded)
+
+
+def _is_hello_name(argument: str) -> bool:
+    """A HELO/EHLO domain or address literal: printable ASCII, no spaces. A bare CR or a
+    control character would end up in the ``Received:`` header this server writes."""
+    return bool(argument) and argument.isascii() and all(33 <= ord(c) < 127 for c in argument)
 
 
 def _no_delay(transport: Any) -> None:

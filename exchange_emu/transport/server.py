@@ -49,6 +49,8 @@ def receive_settings(
         max_protocol_errors=connector.max_protocol_errors,
         max_command_line_length=connector.max_command_line_length,
         max_data_line_length=connector.max_data_line_length,
+        max_header_size=connector.max_header_size,
+        tarpit_interval=connector.tarpit_interval,
         connection_timeout=connector.connection_timeout,
         max_inbound_connection=connector.max_inbound_connection,
         max_inbound_connection_per_source=connector.max_inbound_connection_per_source,
