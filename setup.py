@@ -13,7 +13,8 @@ setup(
     # twisted.plugins is listed explicitly: it is a plugin directory without an
     # __init__.py of ours, so find_packages() cannot see it.
     packages=[*find_packages(include=["exchange_emu", "exchange_emu.*"]), "twisted.plugins"],
-    package_data={"twisted.plugins": ["exchange_emu_plugins.py"]},
+    package_data={"twisted.plugins": ["exchange_emu_plugins.py"],
+                  "exchange_emu.lab": ["web/*.html", "web/*.js", "web/*.css"]},
     install_requires=[
         "twisted[tls]>=24.3",
         "zope.interface>=6",
@@ -34,6 +35,8 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "ruff>=0.5",
+            # Browser tests of the web queue viewer, driving Debian's chromium (no download).
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["exchange-emu = exchange_emu.cli:main"]},

@@ -89,6 +89,9 @@ class LabAdmin(resource.Resource):
 
 
 def admin_site(supervisor: LabSupervisor) -> server.Site:
-    site = server.Site(LabAdmin(supervisor))
+    from exchange_emu.lab.viewer import with_viewer
+
+    site = server.Site(with_viewer(LabAdmin(supervisor), supervisor.organization,
+                                   supervisor.reactor))
     site.noisy = False
     return site
