@@ -146,3 +146,26 @@ def legacy_org(directory: Path, version: str = "2003") -> tuple[Path, dict[str, 
         transport={"ShadowHeartbeatTimeoutInterval": "00:00:02", **FAST_RETRY},
     )
     return write_org(directory / "legacy.toml", spec), ports
+
+
+def two_hub_org(directory: Path, *, ack_delay: str = "00:00:30") -> tuple[Path, dict[str, int]]:
+    """Site-A: MBX01 (DB01: alice, bob) and HUB01; Site-B: HUB02 and MBX02 (DB02: carol);
+    the lab admin endpoint on ports["ADMIN"]. alice → carol goes HUB01 → HUB02 (the
+    Site-B queue on HUB01) → MBX02; stop HUB02 and HUB01's Site-B queue goes to Retry."""
+    names = ["MBX01", "HUB01", "HUB02", "MBX02"]
+    ports = dict(zip([*names, "ADMIN"], free_ports(len(names) + 1), strict=True))
+    site = {"MBX01": "Site-A", "HUB01": "Site-A", "HUB02": "Site-B", "MBX02": "Site-B"}
+    spec = OrgSpec(
+        [ServerSpec(n, "mailbox" if n.startswith("MBX") else "hub", ports[n], site=site[n],
+                    ack_delay=None if n.startswith("MBX") else ack_delay)
+         for n in names],
+        sites=("Site-A", "Site-B"),
+        admin_port=ports["ADMIN"],
+        mailbox_databases=[MailboxDatabaseSpec("DB01", "MBX01"),
+                           MailboxDatabaseSpec("DB02", "MBX02")],
+        recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01"),
+                    RecipientSpec("bob@contoso.test", "Bob", database="DB01"),
+                    RecipientSpec("carol@contoso.test", "Carol", database="DB02")],
+        transport={"ShadowHeartbeatTimeoutInterval": "00:00:02", **FAST_RETRY},
+    )
+    return write_org(directory / "two-hub.toml", spec), ports

@@ -1,8 +1,13 @@
-"""The lab's admin endpoint (HTTP/JSON), served by the supervisor: which servers run,
-and fault injection on whole servers — kill (SIGKILL), stop, start, restart.
+"""The lab's admin endpoint (HTTP/JSON), served by the supervisor: which servers run, fault
+injection on whole servers, and the management API of every server.
 
-    GET  /servers                      -> [{"name", "roles", "running", "pid"}, ...]
+    GET  /servers                      -> [{"name", "roles", "site", "running", "pid",
+                                            "endpoints"}, ...]
     POST /servers/<NAME>/<ACTION>      -> {"server", "action", "running"}
+    GET|POST /api/...                  the management API (docs/management.md)
+
+The endpoint is a twisted.web resource tree: another part of the lab mounts itself with one
+line, e.g. ``admin_root(...).putChild(b"faults", FaultsResource(supervisor))``.
 """
 
 from __future__ import annotations
@@ -13,58 +18,71 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web import resource, server
 
+from exchange_emu.lab.api_forward import ApiForwarder, admin_address
+from exchange_emu.lab.lab_api import SendResource, TrackingResource
 from exchange_emu.lab.supervisor import LabSupervisor
 
 ACTIONS = ("kill", "stop", "start", "restart")
 
 
-class LabAdmin(resource.Resource):
+def _json(request: Any, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body).encode()
+
+
+class ServersResource(resource.Resource):
+    """``/servers``: the topology and the whole-server faults."""
+
     isLeaf = True
 
     def __init__(self, supervisor: LabSupervisor) -> None:
         super().__init__()
         self.supervisor = supervisor
 
-    def _json(self, request: Any, status: int, body: Any) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(body).encode()
-
     def servers(self) -> list[dict[str, Any]]:
         out = []
         for name, each in self.supervisor.organization.servers.items():
             running = self.supervisor.processes.get(name)
-            out.append({"name": name, "roles": sorted(each.roles),
+            endpoints: dict[str, Any] = {
+                "smtp": str(each.smtp) if each.smtp else None,
+                "store_driver": str(each.store_driver) if each.store_driver else None,
+                "admin": admin_address(each) if running is not None and each.roles & {
+                    "hub", "edge", "legacy"} else (str(each.admin) if each.admin else None),
+                "receive_connectors": {c.name: str(c.bind) for c in each.receive_connectors},
+            }
+            out.append({"name": name, "roles": sorted(each.roles), "site": each.site,
                         "running": running is not None,
-                        "pid": running[0].pid if running is not None else None})
+                        "pid": running[0].pid if running is not None else None,
+                        "endpoints": endpoints})
         return out
 
     def render_GET(self, request: Any) -> bytes:
-        if request.postpath == [b"servers"]:
-            return self._json(request, 200, self.servers())
-        return self._json(request, 404, {"error": "try GET /servers"})
+        if request.postpath in ([], [b""]):
+            return _json(request, 200, self.servers())
+        return _json(request, 404, {"error": "try GET /servers"})
 
     def render_POST(self, request: Any) -> bytes | int:
         parts = [p.decode() for p in request.postpath]
-        if len(parts) != 3 or parts[0] != "servers" or parts[2] not in ACTIONS:
-            return self._json(request, 404, {
+        if len(parts) != 2 or parts[1] not in ACTIONS:
+            return _json(request, 404, {
                 "error": f"try POST /servers/<NAME>/<{'|'.join(ACTIONS)}>"})
-        name, action = parts[1], parts[2]
+        name, action = parts
         known = {n.lower(): n for n in self.supervisor.organization.servers}
         if name.lower() not in known:
-            return self._json(request, 404, {"error": f"no server named {name!r} "
-                                             f"(known: {', '.join(known.values())})"})
+            return _json(request, 404, {"error": f"no server named {name!r} "
+                                        f"(known: {', '.join(known.values())})"})
         name = known[name.lower()]
         d = self.act(name, action)
 
         def done(_: object) -> None:
             running = name in self.supervisor.processes
-            request.write(self._json(request, 200, {"server": name, "action": action,
-                                                    "running": running}))
+            request.write(_json(request, 200, {"server": name, "action": action,
+                                               "running": running}))
             request.finish()
 
         def failed(failure: Any) -> None:
-            request.write(self._json(request, 409, {"error": failure.getErrorMessage()}))
+            request.write(_json(request, 409, {"error": failure.getErrorMessage()}))
             request.finish()
 
         d.addCallbacks(done, failed)
@@ -88,10 +106,28 @@ class LabAdmin(resource.Resource):
         return d.addCallback(lambda _: supervisor.start(name))
 
 
-def admin_site(supervisor: LabSupervisor) -> server.Site:
-    from exchange_emu.lab.viewer import with_viewer
 
-    site = server.Site(with_viewer(LabAdmin(supervisor), supervisor.organization,
-                                   supervisor.reactor))
+
+def admin_root(supervisor: LabSupervisor, reactor: Any = None) -> resource.Resource:
+    """The lab endpoint's root: ``/servers`` and ``/api``; mount more with putChild."""
+    if reactor is None:
+        reactor = supervisor.reactor
+    root = resource.Resource()
+    root.putChild(b"servers", ServersResource(supervisor))
+    api = ApiForwarder(supervisor, reactor)
+    api.putChild(b"tracking", TrackingResource(supervisor))
+    api.putChild(b"send", SendResource(supervisor, reactor))
+    root.putChild(b"api", api)
+    return root
+
+
+def admin_site(supervisor: LabSupervisor) -> server.Site:
+    """The lab endpoint's site; ``site.resource`` is :func:`admin_root`'s tree, with the
+    web queue viewer mounted on it."""
+    from exchange_emu.lab.viewer import mount_viewer
+
+    root = admin_root(supervisor)
+    mount_viewer(root, supervisor.organization, supervisor.reactor)
+    site = server.Site(root)
     site.noisy = False
     return site

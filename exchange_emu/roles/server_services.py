@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.application import service
 
+from exchange_emu.admin.server_api import ServerAdminEndpoint
 from exchange_emu.directory import Organization, Server
 from exchange_emu.logs.tracking_log import server_tracking_log
 from exchange_emu.mailbox.server import MailboxServer
@@ -24,12 +25,17 @@ class ExchangeServer(service.MultiService):
         super().__init__()
         self.setName(server.name)
         self.tracking_log = server_tracking_log(server.data_dir, server.fqdn, reactor)
+        self.transport: TransportServer | None = None
         if server.roles & {"hub", "edge", "legacy"}:
-            TransportServer(organization, server, reactor,
-                            tracking_log=self.tracking_log).setServiceParent(self)
+            self.transport = TransportServer(organization, server, reactor,
+                                             tracking_log=self.tracking_log)
+            self.transport.setServiceParent(self)
         if "mailbox" in server.roles:
             MailboxServer(organization, server, reactor,
                           tracking_log=self.tracking_log).setServiceParent(self)
+        if self.transport is not None:
+            # The management API (Get-Queue, …) in this server's process.
+            ServerAdminEndpoint(server, self.transport, reactor).setServiceParent(self)
 
     def stopService(self) -> Any:
         d = super().stopService()

@@ -180,11 +180,29 @@ def _v3_store_driver(conn: Connection) -> None:
     ).create(conn)
 
 
+def _v4_admin_queues(conn: Connection) -> None:
+    """Version 4: queue identities and suspension for the management operations (frozen)."""
+    md = sa.MetaData(naming_convention=tables.NAMING_CONVENTION)
+    ident = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    sa.Table(
+        "queues",
+        md,
+        sa.Column("id", ident, primary_key=True, autoincrement=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("suspended", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.UniqueConstraint("kind", "name"),
+        sqlite_autoincrement=True,
+    ).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial queue database schema", _v1_initial_schema),
     Migration(2, "transport pipeline: delivered_to, delay DSN, crash detection",
               _v2_transport_pipeline),
     Migration(3, "store driver submissions and the transport dumpster", _v3_store_driver),
+    Migration(4, "queue identities and suspended queues (Get-Queue, Suspend-Queue)",
+              _v4_admin_queues),
 )
 
 

@@ -167,3 +167,18 @@ dumpster = sa.Table(
     sa.Index("ix_dumpster_database_delivered_at", "database", "delivered_at"),
     sqlite_autoincrement=True,
 )
+
+#: Exchange's queue identities (``HUB01\\12`` for a delivery queue, ``HUB01\\Shadow\\3`` for a
+#: shadow queue): a number per next hop (kind ``delivery``) or primary server (kind ``shadow``),
+#: never reused, and whether an administrator suspended the queue (Suspend-Queue survives a
+#: restart).
+queues = sa.Table(
+    "queues",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("suspended", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("kind", "name"),
+    sqlite_autoincrement=True,
+)

@@ -36,7 +36,7 @@ from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.smtp.interfaces import NullSessionLogFactory, SessionLogFactory
 from exchange_emu.storage import QueueDatabase
 from exchange_emu.storage.queue import record_heartbeat, shadow_primaries
-from exchange_emu.transport import jobs
+from exchange_emu.transport import admin_jobs, jobs
 from exchange_emu.transport.delayed_ack import DELIVERED, SKIPPED, DelayedAcknowledgement
 from exchange_emu.transport.routing import (
     LOCAL,
@@ -128,6 +128,8 @@ class TransportEngine(service.Service):
             uuid.uuid5(_CONTEXT_NAMESPACE, server.name), server.name, server.fqdn
         )
         self.queues: dict[str, DeliveryQueue] = {}
+        self.suspended_queues: set[str] = set()
+        """Next hops whose delivery queue an administrator suspended (Suspend-Queue)."""
         self.down_until: dict[str, float] = {}
         self.store_driver: HubStoreDriver | None = None
         self.delayed_ack: DelayedAcknowledgement | None = None
@@ -148,8 +150,19 @@ class TransportEngine(service.Service):
         super().startService()
         self.stopping = False
         d = self.database.write(jobs.start_up)
+        d.addCallback(self._load_suspended)
         d.addCallback(self._recovered)
         d.addErrback(lambda f: log.failure("transport start-up failed", f))
+
+    def _load_suspended(self, recovery: jobs.Recovery) -> Deferred[jobs.Recovery]:
+        """Suspend-Queue outlives a restart: read which queues stay suspended."""
+        d = self.database.read(admin_jobs.suspended_queues)
+
+        def loaded(names: set[str]) -> jobs.Recovery:
+            self.suspended_queues = names
+            return recovery
+
+        return d.addCallback(loaded)
 
     def _recovered(self, recovery: jobs.Recovery) -> None:
         for envelope in recovery.poisoned:
@@ -195,6 +208,7 @@ class TransportEngine(service.Service):
         queue = self.queues.get(hop.name)
         if queue is None:
             queue = self.queues[hop.name] = DeliveryQueue(self, hop)
+            queue.suspended = hop.name in self.suspended_queues
         else:
             queue.hop = hop
         return queue
@@ -377,8 +391,9 @@ class Categorizer:
             for hop in routed.values():
                 queue = engine.queue(hop)
                 internal_id = submitted.envelope.internal_id
-                if queue.status in ("Retry", "Suspended"):
-                    engine.skip_delayed_ack(internal_id, f"queue {queue.name} in {queue.status}")
+                if queue.status == "Retry" or queue.suspended:
+                    engine.skip_delayed_ack(internal_id, f"queue {queue.name} in "
+                                            f"{'Suspended' if queue.suspended else 'Retry'}")
                 elif len(queue.items) >= engine.settings.delayed_ack_skip_queue_length:
                     engine.skip_delayed_ack(internal_id, f"queue {queue.name} holds "
                                             f"{len(queue.items)} items")
@@ -399,10 +414,17 @@ class DeliveryQueue:
         self.next_attempt = 0.0
         self.last_error: str | None = None
         self.timer: IDelayedCall | None = None
+        self.suspended = False
+        """Suspend-Queue: no session starts while set (sessions already open finish)."""
 
     @property
     def name(self) -> str:
         return self.hop.name
+
+    @property
+    def display_status(self) -> str:
+        """Get-Queue's Status: Suspended, Retry, Active or Ready."""
+        return "Suspended" if self.suspended else self.status
 
     def add(self, internal_id: int, not_before: float = 0.0) -> None:
         self.items[internal_id] = not_before
@@ -428,7 +450,7 @@ class DeliveryQueue:
     def _pump(self) -> None:
         self.timer = None
         engine = self.engine
-        if engine.stopping:
+        if engine.stopping or self.suspended:
             return
         now = engine.clock.seconds()
         if now < self.next_attempt:

@@ -14,7 +14,7 @@ from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from exchange_emu.directory import Organization, ReceiveConnector, Server
+from exchange_emu.directory import Organization, ReceiveConnector, Server, TransportSettings
 from exchange_emu.listening import DatabaseService, Listener
 from exchange_emu.logs.protocol_log import ProtocolLog
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
@@ -92,6 +92,8 @@ class TransportServer(service.MultiService):
                 replicated=self._replicated)
             self.engine.store_driver = self.store_driver
             self.store_driver.setServiceParent(self)
+        self.connectors: dict[str, tuple[TransportReceivePolicy, ExchangeESMTPFactory]] = {}
+        """Each receive connector's policy and SMTP factory, by name (Set-ReceiveConnector)."""
         for connector in server.receive_connectors:
             policy = TransportReceivePolicy(
                 organization, server, connector, self.store, clock, self.tracking_log,
@@ -100,8 +102,29 @@ class TransportServer(service.MultiService):
             factory = ExchangeESMTPFactory(
                 receive_settings(server, connector), policy, clock, self.receive_log
             )
+            self.connectors[connector.name] = (policy, factory)
             Listener(server.name, f"receive connector '{connector.name}'", connector.bind,
                      factory, reactor).setServiceParent(self)
+
+    def running_connectors(self) -> list[ReceiveConnector]:
+        """The receive connectors as they run now (Set-ReceiveConnector may have changed
+        them since start)."""
+        return [policy.connector for policy, _ in self.connectors.values()]
+
+    def apply_receive_connector(self, connector: ReceiveConnector) -> None:
+        """Set-ReceiveConnector: new sessions get the connector's new limits, and the next
+        acknowledgement is held at most its new MaxAcknowledgementDelay."""
+        policy, factory = self.connectors[connector.name]
+        policy.connector = connector
+        factory.settings = receive_settings(self.server, connector, factory.settings.tls)
+
+    def apply_transport_settings(self, settings: TransportSettings) -> None:
+        """Set-TransportConfig: the engine's timers and shadow redundancy use ``settings``
+        from now on (until the server restarts)."""
+        self.engine.settings = settings
+        for policy, _ in self.connectors.values():
+            policy.shadow_redundancy_enabled = (
+                settings.shadow_redundancy_enabled and self.server.supports_shadow_redundancy)
 
     async def _replicated(self, database: str, up_to: float) -> int:
         """The mailbox server replicated ``database`` up to ``up_to``: the transport
