@@ -32,6 +32,14 @@ SERVERS = {"MBX01", "HUB01", "HUB02", "MBX02", "HUB03"}
 WAIT_MS = 60_000
 
 
+def _answer(response: Any) -> Any:
+    """The JSON body of an answer; None when it is not JSON (twisted's own 404 page)."""
+    try:
+        return json.load(response)
+    except ValueError:
+        return None
+
+
 class Lab:
     def __init__(self, config: Path, url: str, directory: Path) -> None:
         self.config = config
@@ -41,9 +49,9 @@ class Lab:
     def get(self, path: str) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=30) as response:
-                return response.status, json.load(response)
+                return response.status, _answer(response)
         except urllib.error.HTTPError as e:
-            return e.code, json.load(e)
+            return e.code, _answer(e)
 
     def post(self, path: str, body: Any = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
@@ -51,9 +59,9 @@ class Lab:
                                          headers={"content-type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.load(response)
+                return response.status, _answer(response)
         except urllib.error.HTTPError as e:
-            return e.code, json.load(e)
+            return e.code, _answer(e)
 
     def inbox(self, address: str) -> str:
         """``exchange-emu mailbox list ADDRESS --folder Inbox``: the mailbox store's view."""
@@ -181,7 +189,9 @@ def test_queue_suspend_and_resume_from_the_page(page: Any, lab: Lab) -> None:
         "#queues tr.queue[data-identity^='HUB03\\\\']:not([data-identity*='Submission'])"
         ":not([data-identity*='Unreachable']):not([data-identity*='Poison'])")
     identity = row.get_attribute("data-identity")
-    selector = f"#queues tr.queue[data-identity='{identity}']"
+    assert identity is not None
+    escaped = identity.replace("\\", "\\\\")  # a CSS string: HUB03\\1
+    selector = f"#queues tr.queue[data-identity='{escaped}']"
     page.click(f"{selector} button[data-action=suspend]")
     page.wait_for_selector(f"{selector} td.status >> text=Suspended")
     queues = {q["Identity"]: q for q in lab.get("/api/queues?server=HUB03")[1]}
