@@ -77,6 +77,8 @@ def _run_supervised(organization: Any, config: Path, port_offset: int) -> int:
             return _error(f"the lab admin endpoint cannot listen on {admin}: {e.socketError}")
         print(f"Lab admin (faults: exchange-emu fault kill|stop|start|restart SERVER): "
               f"http://{admin}/servers", flush=True)
+        print(f"Management API (exchange-emu get-queue, get-message, ...): "
+              f"http://{admin}/api/queues", flush=True)
     reactor.callWhenRunning(supervisor.start)
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
     reactor.run()
@@ -534,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_run.add_argument("--svg", metavar="FILE.svg",
                               help="also draw the run's sequence diagram (one file per message)")
     scenario_run.set_defaults(func=cmd_scenario)
+
+    from exchange_emu.admin.cli_queues import register as register_management
+
+    register_management(commands, with_config)
 
     hashing = commands.add_parser(
         "hash-password", help="make a password_hash for the organization file",

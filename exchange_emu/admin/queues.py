@@ -24,7 +24,7 @@ from exchange_emu.admin.identity import (
     parse_queue_identity,
 )
 from exchange_emu.storage import POISON_QUEUE, SUBMISSION_QUEUE, UNREACHABLE_QUEUE
-from exchange_emu.transport import admin_jobs
+from exchange_emu.transport import admin_jobs, jobs
 from exchange_emu.transport.admin_jobs import QueuedMessage
 from exchange_emu.transport.engine import TransportEngine
 
@@ -291,7 +291,7 @@ class QueueManagement:
             queue = engine.queues.get(name)
             if queue is not None:
                 queue.forget(ids)
-            engine.categorizer.add(ids)
+            await self._resubmitted(ids, "Retry-Queue -Resubmit")
         else:
             await engine.database.write(admin_jobs.retry_now, name, engine.clock.seconds())
             queue = engine.queues.get(name)
@@ -324,8 +324,15 @@ class QueueManagement:
                                   "nothing to resume", status=409)
         ids = await self.engine.database.write(admin_jobs.resubmit, name,
                                                [identity.internal_id], (admin_jobs.SUSPENDED,))
-        self.engine.categorizer.add(ids)
+        await self._resubmitted(ids, "Resume-Message")
         return {"Identity": str(identity), "Status": "Ready", "Resubmitted": bool(ids)}
+
+    async def _resubmitted(self, ids: list[int], cmdlet: str) -> None:
+        """Messages sent back to Submission: a RESUBMIT tracking row each, then route them."""
+        engine = self.engine
+        for envelope in await engine.database.read(jobs.envelopes_of, ids):
+            engine.tracking.resubmitted_by_admin(envelope, cmdlet)
+        engine.categorizer.add(ids)
 
     async def remove_message(self, text: str, with_ndr: bool = False) -> dict[str, Any]:
         """Remove-Message: the message leaves the queue, with an NDR to its sender

@@ -30,6 +30,7 @@ from exchange_emu.transport.jobs import (
     UNREACHABLE,
     DsnSettings,
     Report,
+    _envelopes,
     _fail,
     _settle,
 )
@@ -245,16 +246,20 @@ def remove_message(conn: Connection, internal_id: int, queue: str, with_ndr: boo
     sender (``-WithNDR``) or silently. A message with nothing left pending is deleted (or
     kept as a shadow copy) and its discard notification queued, as after a delivery.
     Returns the report and how many recipients were removed."""
-    rows = conn.execute(sa.select(recipients.c.id).where(
-        *_in_queue(queue, [internal_id], WAITING))).scalars().all()
+    rows = conn.execute(sa.select(recipients.c.id, recipients.c.address).where(
+        *_in_queue(queue, [internal_id], WAITING))).all()
     report = Report()
     if not rows:
         return report, 0
     if with_ndr:
-        _fail(conn, {internal_id: [(int(r), REMOVED_REPLY) for r in rows]}, now, signer, report)
+        _fail(conn, {internal_id: [(int(r.id), REMOVED_REPLY) for r in rows]}, now, signer,
+              report)
     else:
-        conn.execute(sa.update(recipients).where(recipients.c.id.in_([int(r) for r in rows]))
+        conn.execute(sa.update(recipients).where(recipients.c.id.in_([int(r.id) for r in rows]))
                      .values(status=FAILED, last_response=REMOVED_REPLY))
+        envelope = _envelopes(conn, [internal_id]).get(internal_id)
+        if envelope is not None:
+            report.failed.extend((envelope, r.address, REMOVED_REPLY) for r in rows)
     _settle(conn, [internal_id], now, report)
     return report, len(rows)
 

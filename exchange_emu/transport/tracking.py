@@ -159,6 +159,11 @@ class TransportTracking:
         """The holder takes ownership of a shadow copy and resubmits it."""
         self._row("RESUBMIT", "SMTP", envelope, (), primary=primary, reason=reason)
 
+    def resubmitted_by_admin(self, envelope: Envelope, cmdlet: str) -> None:
+        """An administrator sent the message back to the categorizer (Retry-Queue
+        -Resubmit, Resume-Message)."""
+        self._row("RESUBMIT", "ADMIN", envelope, (), reason=cmdlet)
+
     def deferred(self, envelope: Envelope, recipients: Sequence[str], reply: str,
                  next_hop: str) -> None:
         self._row("DEFER", "SMTP", envelope, (), recipients=recipients,
