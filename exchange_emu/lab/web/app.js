@@ -151,7 +151,7 @@ function renderQueues(data) {
       el("td", {}, q.DeliveryType || ""), el("td", { class: "status" }, q.Status || ""),
       el("td", { class: "count" }, q.MessageCount), el("td", {}, q.NextHopDomain || ""),
       el("td", {}, q.LastError || ""),
-      el("td", {}, ["suspend", "resume", "retry"].map((action) => el("button", {
+      el("td", { class: "actions" }, ["suspend", "resume", "retry"].map((action) => el("button", {
         type: "button", "data-action": action, onclick: () => queueAction(q.Identity, action),
       }, action)))));
   }
@@ -196,7 +196,7 @@ async function showMessages(queue) {
         el("td", {}, m.FromAddress || ""), el("td", {}, m.Subject || ""),
         el("td", { class: "status" }, m.Status || ""), el("td", {}, m.Size ?? ""),
         el("td", {}, m.LastError || ""),
-        el("td", {}, ["suspend", "resume", "remove"].map((action) => el("button", {
+        el("td", { class: "actions" }, ["suspend", "resume", "remove"].map((action) => el("button", {
           type: "button", "data-action": action, onclick: () => messageAction(m.Identity, action),
         }, action))))));
   } catch (e) { say(e.message, true); }
