@@ -204,6 +204,9 @@ def test_queue_suspend_and_resume_from_the_page(page: Any, lab: Lab) -> None:
         "s => Number(document.querySelector(s + ' td.count').textContent) >= 1",
         arg=selector)
     assert subject not in lab.inbox("carol@contoso.test")
+    page.click(f"{selector} a.pick")  # Get-Message on the queue: the held message is there
+    held = page.wait_for_selector(f"#messages tr.message:has-text('{subject}')")
+    assert (held.get_attribute("data-identity") or "").startswith(identity + "\\")
     screenshot(page, "web-viewer-queue-suspended")
 
     page.click(f"{selector} button[data-action=resume]")
