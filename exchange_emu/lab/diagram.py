@@ -14,7 +14,7 @@ draws it. Both are pure: no clock, no files, no reactor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from xml.sax.saxutils import escape, quoteattr
@@ -111,6 +111,22 @@ class _Builder:
         upper = {v.upper(): v for v in self.names.values()}
         return upper.get(name_or_host.upper()) or self.lane(name_or_host)
 
+    def smtp_receive(self, sender: str, receiver: str) -> Callable[[TrackingEvent], bool]:
+        """Matches the receiver's RECEIVE row of an SMTP transfer from ``sender``."""
+        def match(o: TrackingEvent) -> bool:
+            return (o.event_id == "RECEIVE" and o.source == "SMTP"
+                    and self.lane(o.server_hostname) == receiver
+                    and self.lane(o.client_hostname) == sender
+                    and "delayed_ack" not in o.custom_data)
+        return match
+
+    def ownership_noted(self, hub: str) -> Callable[[TrackingEvent], bool]:
+        """Matches the mailbox server's B.4 row for an ownership report from ``hub``."""
+        def match(o: TrackingEvent) -> bool:
+            return (o.event_id == "SUBMIT" and "B.4" in o.steps
+                    and self.server(o.custom_data.get("hub", "")) == hub)
+        return match
+
     def rows(self, events: Sequence[TrackingEvent]) -> list[Row]:
         used: set[int] = set()
         rows: list[tuple[datetime | None, int, int, Row]] = []
@@ -118,9 +134,10 @@ class _Builder:
         def add(row: Row, when: datetime | None, order: int) -> None:
             rows.append((when, _rank(row.steps), order, row))
 
-        def partner(start: int, match: object) -> int | None:
+        def partner(start: int, match: Callable[[TrackingEvent], bool]) -> int | None:
+            """The first unused row ``match`` accepts (the other end of an exchange)."""
             for j, other in enumerate(events):
-                if j not in used and j != start and match(other):  # type: ignore[operator]
+                if j not in used and j != start and match(other):
                     used.add(j)
                     return j
             return None
@@ -137,11 +154,7 @@ class _Builder:
             data = e.custom_data
             if e.event_id == "SEND" and e.source == "SMTP" and data.get("destination"):
                 target = self.lane(data["destination"])
-                j = partner(i, lambda o, here=here, target=target: (
-                    o.event_id == "RECEIVE" and o.source == "SMTP"
-                    and self.lane(o.server_hostname) == target
-                    and self.lane(o.client_hostname) == here and "delayed_ack" not in
-                    o.custom_data))
+                j = partner(i, self.smtp_receive(here, target))
                 receive = events[j] if j is not None else None
                 shadowed = "D.3" in e.steps
                 held = receive is not None and "F.4" in receive.steps
@@ -175,9 +188,7 @@ class _Builder:
                 add(Arrow(source, here, "store driver: message from the Outbox", "storedriver",
                           e.date_time, (), e.steps), e.date_time, i)
             elif e.event_id == "NOTIFYMAPI" and e.source == "STOREDRIVER" and "B.4" in e.steps:
-                j = partner(i, lambda o, here=here: (
-                    o.event_id == "SUBMIT" and "B.4" in o.steps
-                    and self.server(o.custom_data.get("hub", "")) == here))
+                j = partner(i, self.ownership_noted(here))
                 mailbox = self.lane(events[j].server_hostname) if j is not None else "mailbox"
                 add(Arrow(here, mailbox, f"ownership ({data.get('outcome', 'done')})",
                           "storedriver", e.date_time, e.steps,
