@@ -86,6 +86,8 @@ function serverCard(server) {
     el("span", { class: `state ${up ? "up" : "down"}` }, up ? "up" : "down"),
     el("div", { class: "roles" }, (server.roles || []).join(", "),
       server.pid ? ` · pid ${server.pid}` : ""),
+    server.endpoints && server.endpoints.smtp
+      ? el("div", { class: "endpoint" }, `SMTP ${server.endpoints.smtp}`) : null,
     el("div", {}, actions.map((action) => el("button", {
       type: "button", "data-action": action,
       onclick: () => serverAction(server.name, action),
