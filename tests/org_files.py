@@ -166,6 +166,7 @@ def two_hub_org(directory: Path, *, ack_delay: str = "00:00:30") -> tuple[Path, 
         recipients=[RecipientSpec("alice@contoso.test", "Alice", database="DB01"),
                     RecipientSpec("bob@contoso.test", "Bob", database="DB01"),
                     RecipientSpec("carol@contoso.test", "Carol", database="DB02")],
-        transport={"ShadowHeartbeatTimeoutInterval": "00:00:02", **FAST_RETRY},
+        transport={"ShadowHeartbeatTimeoutInterval": "00:00:02", **FAST_RETRY,
+                   "OutboundConnectionFailureRetryInterval": "00:00:01"},
     )
     return write_org(directory / "two-hub.toml", spec), ports

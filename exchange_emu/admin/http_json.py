@@ -76,7 +76,7 @@ class JsonResource(resource.Resource):
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
         if path == b"":
             return self
-        return resource.NoResource()
+        return JsonNotFound()
 
     def render(self, request: Any) -> bytes | int:
         handler = self.handlers.get(request.method)
@@ -89,6 +89,26 @@ class JsonResource(resource.Resource):
         d.addCallbacks(lambda result: _answer(request, result),
                        lambda failure: refuse(request, failure))
         return server.NOT_DONE_YET
+
+
+class JsonNotFound(resource.Resource):
+    """Any path the management API does not have: a JSON 404 naming where to look."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"application/json")
+        path = request.path.decode("utf-8", "replace")
+        return json_bytes({"error": f"no management API at {path}; the paths are in "
+                                    "docs/management.md (e.g. GET /api/queues)"})
+
+
+class ApiRoot(resource.Resource):
+    """``/api``: its children are the operations; anything else is a JSON 404."""
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        return JsonNotFound()
 
 
 class _Streamed:

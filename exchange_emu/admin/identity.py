@@ -76,7 +76,7 @@ def _parts(text: str) -> list[str]:
 
 def _number(text: str, what: str, original: str, forms: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise IdentityError(f"{what} {text!r} in identity {original!r} is not a positive "
+        raise IdentityError(f"{what} '{text}' in identity '{original}' is not a positive "
                             f"number; use {forms}")
     return int(text)
 
@@ -84,7 +84,7 @@ def _number(text: str, what: str, original: str, forms: str) -> int:
 def _queue(parts: list[str], original: str, forms: str) -> QueueIdentity:
     server = parts[0]
     if not _SERVER.match(server):
-        raise IdentityError(f"identity {original!r} does not start with a server name; "
+        raise IdentityError(f"identity '{original}' does not start with a server name; "
                             f"use {forms}")
     server = server.upper()
     rest = parts[1:]
@@ -96,14 +96,14 @@ def _queue(parts: list[str], original: str, forms: str) -> QueueIdentity:
     if len(rest) == 1 and rest[0].isdigit():
         return QueueIdentity(server, QueueKind.DELIVERY,
                              _number(rest[0], "queue", original, forms))
-    raise IdentityError(f"{original!r} is not a queue identity; use {forms}")
+    raise IdentityError(f"'{original}' is not a queue identity; use {forms}")
 
 
 def parse_queue_identity(text: str) -> QueueIdentity:
     """``HUB01\\12`` → a queue identity; raises :class:`IdentityError` with a hint."""
     parts = _parts(text)
     if len(parts) < 2 or not all(parts):
-        raise IdentityError(f"{text!r} is not a queue identity; use {QUEUE_FORMS}")
+        raise IdentityError(f"'{text}' is not a queue identity; use {QUEUE_FORMS}")
     return _queue(parts, text, QUEUE_FORMS)
 
 
@@ -111,6 +111,6 @@ def parse_message_identity(text: str) -> MessageIdentity:
     """``HUB01\\12\\345`` → a message identity; raises :class:`IdentityError` with a hint."""
     parts = _parts(text)
     if len(parts) < 3 or not all(parts):
-        raise IdentityError(f"{text!r} is not a message identity; use {MESSAGE_FORMS}")
+        raise IdentityError(f"'{text}' is not a message identity; use {MESSAGE_FORMS}")
     queue = _queue(parts[:-1], text, MESSAGE_FORMS)
     return MessageIdentity(queue, _number(parts[-1], "message id", text, MESSAGE_FORMS))

@@ -60,6 +60,8 @@ class QueueManagement:
     def __init__(self, engine: TransportEngine) -> None:
         self.engine = engine
         self.server = engine.server.name.upper()
+        self._delivery_numbers: dict[str, int] = {}
+        self._shadow_numbers: dict[str, int] = {}
 
     # -- identities ----------------------------------------------------------------------------
 
@@ -86,11 +88,19 @@ class QueueManagement:
                                       dict[str, int]]:
         counts, shadows = await self.engine.database.read(admin_jobs.queue_message_counts)
         names = (set(self.engine.queues) | set(counts)) - set(_BY_NAME)
-        delivery = await self.engine.database.write(admin_jobs.queue_numbers,
-                                                    admin_jobs.DELIVERY, names)
-        shadow = await self.engine.database.write(admin_jobs.queue_numbers, admin_jobs.SHADOW,
-                                                  shadows)
+        delivery = await self._numbered(admin_jobs.DELIVERY, names, self._delivery_numbers)
+        shadow = await self._numbered(admin_jobs.SHADOW, set(shadows), self._shadow_numbers)
         return counts, shadows, delivery, shadow
+
+    async def _numbered(self, kind: str, names: set[str], known: dict[str, int]
+                        ) -> dict[str, int]:
+        """Numbers of the queues named; a write only when a queue is new (numbers never
+        change, so they are remembered)."""
+        missing = names - set(known)
+        if missing:
+            known.update(await self.engine.database.write(admin_jobs.queue_numbers, kind,
+                                                          missing))
+        return {name: known[name] for name in names}
 
     def _message_queue_identity(self, message: QueuedMessage, delivery: dict[str, int],
                                 shadow: dict[str, int]) -> QueueIdentity:
@@ -119,7 +129,8 @@ class QueueManagement:
                 "Identity": str(QueueIdentity(self.server, QueueKind.DELIVERY, number)),
                 "DeliveryType": queue.hop.delivery_type if queue else "Undefined",
                 "NextHopDomain": name,
-                "Status": "Suspended" if suspended else (queue.status if queue else "Ready"),
+                "Status": "Suspended" if suspended else (queue.display_status if queue
+                                                         else "Ready"),
                 "MessageCount": counts.get(name, 0),
                 "LastError": queue.last_error if queue else None,
                 "RetryCount": queue.retry_count if queue else 0,

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from exchange_emu.admin.errors import ManagementError, parse_result_size
-from exchange_emu.admin.http_json import STREAMED, JsonResource, arg, body
+from exchange_emu.admin.http_json import STREAMED, ApiRoot, JsonResource, arg, body
 from exchange_emu.admin.queues import QueueManagement
 from exchange_emu.admin.receive_connectors import ConnectorManagement
 from exchange_emu.admin.transport_config import TransportConfigManagement
@@ -48,7 +48,7 @@ def management_tree(transport: TransportServer) -> resource.Resource:
     queues = QueueManagement(transport.engine)
     config = TransportConfigManagement(transport)
     connectors = ConnectorManagement(transport)
-    api = resource.Resource()
+    api = ApiRoot()
 
     async def get_queues(request: Any) -> Any:
         identity = arg(request, "identity")

@@ -14,7 +14,11 @@ from typing import Any
 from exchange_emu.admin.errors import ManagementError
 from exchange_emu.directory import OrganizationFileError
 from exchange_emu.directory.timespan import format_timespan
-from exchange_emu.directory.transport_settings import _SPECS, EXCHANGE_NAMES, TransportSettings
+from exchange_emu.directory.transport_settings import (
+    EXCHANGE_NAMES,
+    TransportSettings,
+    setting_kinds,
+)
 from exchange_emu.transport.server import TransportServer
 
 PERSISTENCE = "until restart (edit [transport] in the organization file to keep it)"
@@ -22,16 +26,19 @@ PERSISTENCE = "until restart (edit [transport] in the organization file to keep 
 
 def settings_as_file(settings: TransportSettings) -> dict[str, Any]:
     """The settings as the ``[transport]`` table writes them (TimeSpans as text)."""
+    kinds = setting_kinds()
     out: dict[str, Any] = {}
-    for attribute, spec in _SPECS.items():
-        value = getattr(settings, attribute)
-        out[spec.exchange_name] = format_timespan(value) if spec.kind == "timespan" else value
+    for name, value in settings.to_mapping().items():
+        if kinds[name] == "timespan" and isinstance(value, int | float):
+            out[name] = format_timespan(float(value))
+        else:
+            out[name] = value
     return out
 
 
 def _typed(name: str, value: Any) -> Any:
     """A value given as text on the command line, in the type the table expects."""
-    kind = _SPECS[EXCHANGE_NAMES[name]].kind
+    kind = setting_kinds()[name]
     if not isinstance(value, str):
         return value
     text = value.strip()

@@ -55,6 +55,11 @@ EXCHANGE_NAMES: Final[Mapping[str, str]] = {
 """Exchange parameter name (``ShadowHeartbeatRetryCount``) -> TransportSettings attribute."""
 
 
+def setting_kinds() -> dict[str, str]:
+    """Exchange parameter name -> how its value is written: bool, timespan, count or size."""
+    return {spec.exchange_name: spec.kind for spec in _SPECS.values()}
+
+
 @dataclass(frozen=True)
 class TransportSettings:
     """Shadow redundancy, transport dumpster, retry and expiry settings of the organization.

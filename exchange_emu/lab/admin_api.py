@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web import resource, server
 
-from exchange_emu.lab.api_forward import ApiForwarder, admin_address
+from exchange_emu.lab.api_forward import TRANSPORT_ROLES, ApiForwarder, admin_address
 from exchange_emu.lab.lab_api import SendResource, TrackingResource
 from exchange_emu.lab.supervisor import LabSupervisor
 
@@ -47,8 +47,8 @@ class ServersResource(resource.Resource):
             endpoints: dict[str, Any] = {
                 "smtp": str(each.smtp) if each.smtp else None,
                 "store_driver": str(each.store_driver) if each.store_driver else None,
-                "admin": admin_address(each) if running is not None and each.roles & {
-                    "hub", "edge", "legacy"} else (str(each.admin) if each.admin else None),
+                # the management API runs in transport servers only
+                "admin": admin_address(each) if each.roles & TRANSPORT_ROLES else None,
                 "receive_connectors": {c.name: str(c.bind) for c in each.receive_connectors},
             }
             out.append({"name": name, "roles": sorted(each.roles), "site": each.site,

@@ -24,7 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 
 from exchange_emu.admin.errors import ManagementError, NotFoundError
-from exchange_emu.admin.http_json import arg, refuse, send_json
+from exchange_emu.admin.http_json import JsonNotFound, arg, refuse, send_json
 from exchange_emu.admin.server_api import admin_address_file
 from exchange_emu.directory import Server
 from exchange_emu.lab.supervisor import LabSupervisor
@@ -33,6 +33,8 @@ NOT_RUNNING_HEADER = b"x-exchange-emu-not-running"
 TRANSPORT_ROLES = frozenset({"hub", "edge", "legacy"})
 _MERGED = {"queues", "messages", "transport-config", "receive-connectors"}
 """Listings answered by every running server when no server is named."""
+_FORWARDED = {*_MERGED, "queue", "message", "receive-connector"}
+"""The first path segments under ``/api`` that the servers answer."""
 
 
 class ServerNotRunning(ManagementError):
@@ -79,6 +81,8 @@ class ApiForwarder(resource.Resource):
         self.agent = Agent(reactor, connectTimeout=10)
 
     def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        if path.decode("utf-8", "replace") not in _FORWARDED:
+            return JsonNotFound()
         return _Forward(self)
 
     # -- choosing the servers ------------------------------------------------------------------
