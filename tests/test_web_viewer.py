@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from browser import launch_chromium, screenshot
@@ -206,8 +207,19 @@ def test_queue_suspend_and_resume_from_the_page(page: Any, lab: Lab) -> None:
     assert subject not in lab.inbox("carol@contoso.test")
     page.click(f"{selector} a.pick")  # Get-Message on the queue: the held message is there
     held = page.wait_for_selector(f"#messages tr.message:has-text('{subject}')")
-    assert (held.get_attribute("data-identity") or "").startswith(identity + "\\")
+    message = held.get_attribute("data-identity") or ""
+    assert message.startswith(identity + "\\")
+    held_row = f"#messages tr.message:has-text('{subject}')"
+    page.click(f"{held_row} a.pick")  # Get-Message -Identity: its recipients
+    page.wait_for_selector("#path-details li.recipient:has-text('carol@contoso.test')")
     screenshot(page, "web-viewer-queue-suspended")
+
+    page.click(f"{held_row} button[data-action=suspend]")  # Suspend-Message
+    page.wait_for_selector(f"{held_row} td.status:text-is('Suspended')")
+    assert lab.get(f"/api/message?identity={quote(message)}")[1]["Status"] == "Suspended"
+    page.click(f"{held_row} button[data-action=resume]")  # Resume-Message
+    page.wait_for_selector(f"{held_row} td.status:not(:text-is('Suspended'))")
+    assert lab.get(f"/api/message?identity={quote(message)}")[1]["Status"] != "Suspended"
 
     page.click(f"{selector} button[data-action=resume]")
     page.wait_for_function(

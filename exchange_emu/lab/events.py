@@ -11,6 +11,7 @@ that connects first gets the latest snapshots at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime
 from typing import Any
@@ -21,9 +22,13 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.client import Agent, readBody
 
-from exchange_emu.admin.tracking import TrackingQuery, search_tracking_logs
+from exchange_emu.admin.tracking import (
+    TrackingQuery,
+    search_tracking_logs,
+    tracking_log_directory,
+)
 from exchange_emu.directory import Organization
-from exchange_emu.logs import TrackingEvent, event_to_dict
+from exchange_emu.logs import TrackingEvent, event_to_dict, find_tracking_logs
 from exchange_emu.logs.tracking_event import event_to_row
 
 POLL_INTERVAL = 1.0
@@ -47,9 +52,25 @@ class TrackingWatch:
         self.mark: datetime | None = None
         self.seen_at_mark: set[tuple[str, ...]] = set()
         self.started = False
+        self.files: tuple[tuple[str, int, int], ...] = ()
+
+    def _files(self) -> tuple[tuple[str, int, int], ...]:
+        """Every tracking log file of the organization with its size and change time."""
+        found = []
+        for each in self.organization.servers.values():
+            for path in find_tracking_logs(tracking_log_directory(each)):
+                with contextlib.suppress(OSError):  # rolled over meanwhile
+                    status = path.stat()
+                    found.append((str(path), status.st_size, status.st_mtime_ns))
+        return tuple(found)
 
     def new_rows(self) -> list[TrackingEvent]:
-        """Blocking (reads files): run it on a thread. The first call only sets the mark."""
+        """Blocking (reads files): run it on a thread. The first call only sets the mark.
+        Nothing is parsed while no log file has grown or changed."""
+        files = self._files()
+        if self.started and files == self.files:
+            return []
+        self.files = files
         query = TrackingQuery(start=self.mark, result_size=None)
         events = [e for e in search_tracking_logs(self.organization, query).events
                   if e.date_time is not None]

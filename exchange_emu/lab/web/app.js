@@ -193,8 +193,8 @@ async function showMessages(queue) {
     const body = $("#messages tbody");
     body.replaceChildren(...rowsOf(data, "messages", "results", "rows").map((m) =>
       el("tr", { class: `message ${m.Status || ""}`, "data-identity": m.Identity },
-        el("td", {}, el("a", { class: "pick", onclick: () => showPath(m.InternetMessageId) },
-          m.Identity)),
+        el("td", {}, el("a", { class: "pick", onclick: () => showPath(m.InternetMessageId,
+          m.Identity) }, m.Identity)),
         el("td", {}, m.FromAddress || ""), el("td", {}, m.Subject || ""),
         el("td", { class: "status" }, m.Status || ""), el("td", {}, m.Size ?? ""),
         el("td", {}, m.LastError || ""),
@@ -230,10 +230,24 @@ async function inlineSvg(container, url) {
   container.append(document.importNode(svg, true));
 }
 
-async function showPath(messageId) {
+async function showDetails(identity) {
+  const box = $("#path-details");
+  box.replaceChildren();
+  if (!identity) return;
+  try {
+    const m = await api("GET", `/api/message?identity=${encodeURIComponent(identity)}`);
+    box.append(el("p", {}, el("b", {}, m.Identity), ` · ${m.Status} · from ${m.FromAddress}`,
+      m.LastError ? ` · last error: ${m.LastError}` : ""),
+      el("ul", {}, (m.Recipients || []).map((r) => el("li", { class: "recipient" },
+        `${r.Address}: ${r.Status}`, r.LastError ? ` (${r.LastError})` : ""))));
+  } catch (e) { box.append(el("p", { class: "note" }, e.message)); }
+}
+
+async function showPath(messageId, identity) {
   if (!messageId) return;
   $("#path-section").hidden = false;
   $("#path-message").textContent = messageId;
+  showDetails(identity);
   const diagram = $("#path-diagram");
   diagram.replaceChildren();
   const body = $("#path tbody");
