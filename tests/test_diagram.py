@@ -123,3 +123,22 @@ def test_labels_are_escaped_and_an_empty_diagram_is_valid_svg():
     root = parse(render_svg(build_diagram([], NAMES, "<message & co>")))
     assert "<message & co>" in texts(root)
     assert groups(root, "arrow") == []
+
+
+def test_scenario_run_writes_one_svg_per_message(tmp_path):
+    from org_files import two_site_org
+
+    from exchange_emu.directory import load_organization
+    from exchange_emu.lab.scenario_diagram import write_scenario_svgs
+    from exchange_emu.lab.scenarios import ScenarioResult
+
+    organization = load_organization(two_site_org(tmp_path)[0])
+    one = [ScenarioResult("D", "<m1@x>", True, [])]
+    assert write_scenario_svgs(organization, one, tmp_path / "d.svg") == [tmp_path / "d.svg"]
+    title = texts(parse((tmp_path / "d.svg").read_text("utf-8")))[0]
+    assert title == "Scenario D (Between Exchange 2010 transport servers): <m1@x>"
+    several = [ScenarioResult("A", "<m1@x>", True, []), ScenarioResult("B", "<m1@x>", True, []),
+               ScenarioResult("F", "<m2@x>", False, ["missing F.7"])]
+    written = write_scenario_svgs(organization, several, tmp_path / "all.svg")
+    assert written == [tmp_path / "all-AB.svg", tmp_path / "all-F.svg"]
+    assert all(parse(p.read_text("utf-8")).tag == f"{SVG}svg" for p in written)

@@ -158,8 +158,9 @@ class _Builder:
                 receive = events[j] if j is not None else None
                 shadowed = "D.3" in e.steps
                 held = receive is not None and "F.4" in receive.steps
-                code = "(250 held)" if held else _reply_code(e)
-                label = " / ".join(x for x in ("XSHADOW" if shadowed else "", "BDAT", code) if x)
+                label = " / ".join(x for x in ("XSHADOW" if shadowed else "", "BDAT",
+                                               "" if held else _reply_code(e)) if x)
+                label += " (250 held)" if held else ""
                 times = [t for t in (e.date_time, receive.date_time if receive else None) if t]
                 add(Arrow(here, target, label, "smtp", min(times) if times else None,
                           e.steps, receive.steps if receive else ()), min(times, default=None),
