@@ -277,7 +277,7 @@ def render_svg(diagram: SequenceDiagram) -> str:
     """The diagram as a standalone SVG document (UTF-8 text, no external references)."""
     lanes = diagram.lanes or ["(no events)"]
     x = {lane: LEFT + LANE_WIDTH * i + LANE_WIDTH / 2 for i, lane in enumerate(lanes)}
-    width = LEFT + LANE_WIDTH * len(lanes) + 20
+    width = max(LEFT + LANE_WIDTH * len(lanes) + 20, 20 + 9 * len(diagram.title))
     bottom = TOP + ROW_HEIGHT * (len(diagram.rows) + 1)
     height = bottom + 20
 
