@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from org_files import two_hub_org
+from org_files import small_org, two_hub_org
+
+from exchange_emu.lab.processes import ServerProcess, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -483,3 +486,49 @@ def test_no_lab_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "no lab answers at http://127.0.0.1:" in result.stderr
     assert "is exchange-emu lab running" in result.stderr
+
+
+def test_a_server_serves_its_admin_key_and_survives_a_busy_one(tmp_path):
+    """The ``admin`` key is where a server's management API listens; when that port is
+    busy the server still starts, warns, and publishes the port it took instead."""
+    smtp, wanted = free_ports(2)
+    config = small_org(tmp_path, smtp)
+    text = config.read_text().replace(f'smtp = "127.0.0.1:{smtp}"\n',
+                                      f'smtp = "127.0.0.1:{smtp}"\nadmin = "127.0.0.1:{wanted}"\n')
+    config.write_text(text)
+    published = tmp_path / "var" / "HUB01" / "admin.address"
+
+    def queues(address: str) -> list[Any]:
+        with urllib.request.urlopen(f"http://{address}/api/queues", timeout=30) as response:
+            return list(json.load(response))
+
+    def address_of(hub: ServerProcess) -> str:
+        """The address the server published (it does so right after its SMTP listener)."""
+        deadline = time.monotonic() + 30
+        while not published.exists():
+            assert time.monotonic() < deadline, hub.output
+            time.sleep(0.1)
+        return published.read_text().strip()
+
+    hub = ServerProcess("hub", config, "HUB01", tmp_path).start()
+    try:
+        assert address_of(hub) == f"127.0.0.1:{wanted}"
+        assert queues(f"127.0.0.1:{wanted}")[0]["Identity"] == "HUB01\\Submission"
+    finally:
+        hub.stop()  # (twistd re-raises the SIGTERM once stopped cleanly)
+    assert not published.exists()
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old TIME_WAITs
+    busy.bind(("127.0.0.1", wanted))
+    busy.listen()
+    try:
+        hub = ServerProcess("hub", config, "HUB01", tmp_path).start()
+        try:
+            taken = address_of(hub)
+            assert taken != f"127.0.0.1:{wanted}"
+            assert f"admin endpoint cannot listen on 127.0.0.1:{wanted}" in hub.output
+            assert queues(taken)[0]["Identity"] == "HUB01\\Submission"
+        finally:
+            hub.stop()
+    finally:
+        busy.close()

@@ -39,7 +39,7 @@ MESSAGE_PROPERTIES: dict[str, type] = {
     "ExpirationTime": str, "Source": str, "RecipientCount": int,
 }
 """Get-Message's output properties (and what ``-Filter`` may test)."""
-EXPORT_CHUNK = 64 * 1024
+EXPORT_CHUNK = 256 * 1024
 """Bytes of a message's content read from the database at a time by Export-Message."""
 
 _NAMED = {QueueKind.SUBMISSION: SUBMISSION_QUEUE, QueueKind.UNREACHABLE: UNREACHABLE_QUEUE,
@@ -87,7 +87,8 @@ class QueueManagement:
     async def _numbers(self) -> tuple[dict[str, int], dict[str, int], dict[str, int],
                                       dict[str, int]]:
         counts, shadows = await self.engine.database.read(admin_jobs.queue_message_counts)
-        names = (set(self.engine.queues) | set(counts)) - set(_BY_NAME)
+        names = (set(self.engine.queues) | set(counts) | self.engine.suspended_queues) - set(
+            _BY_NAME)
         delivery = await self._numbered(admin_jobs.DELIVERY, names, self._delivery_numbers)
         shadow = await self._numbered(admin_jobs.SHADOW, set(shadows), self._shadow_numbers)
         return counts, shadows, delivery, shadow
@@ -114,29 +115,15 @@ class QueueManagement:
 
     async def get_queues(self, filter_text: str | None = None,
                          result_size: int | None = 1000) -> list[dict[str, Any]]:
-        """Get-Queue: Submission, every delivery queue, Unreachable, Poison and one shadow
-        queue per primary, in Exchange's identity order."""
+        """Get-Queue: Submission, every delivery queue (in use, holding messages, or
+        suspended), Unreachable, Poison and one shadow queue per primary, in Exchange's
+        identity order."""
         wanted = parse_filter(filter_text, QUEUE_PROPERTIES)
         counts, shadows, delivery, shadow = await self._numbers()
         engine = self.engine
         rows: list[dict[str, Any]] = [self._named_row(QueueKind.SUBMISSION, counts)]
         for name, number in sorted(delivery.items(), key=lambda item: item[1]):
-            queue = engine.queues.get(name)
-            if queue is None and not counts.get(name):
-                continue
-            suspended = name in engine.suspended_queues
-            rows.append({
-                "Identity": str(QueueIdentity(self.server, QueueKind.DELIVERY, number)),
-                "DeliveryType": queue.hop.delivery_type if queue else "Undefined",
-                "NextHopDomain": name,
-                "Status": "Suspended" if suspended else (queue.display_status if queue
-                                                         else "Ready"),
-                "MessageCount": counts.get(name, 0),
-                "LastError": queue.last_error if queue else None,
-                "RetryCount": queue.retry_count if queue else 0,
-                "NextRetryTime": _time(queue.next_attempt) if queue and queue.status == "Retry"
-                else None,
-            })
+            rows.append(self._delivery_row(name, number, counts))
         rows.append(self._named_row(QueueKind.UNREACHABLE, counts))
         rows.append(self._named_row(QueueKind.POISON, counts))
         for primary, number in sorted(shadow.items(), key=lambda item: item[1]):
@@ -153,6 +140,23 @@ class QueueManagement:
         matching = [row for row in rows if wanted.matches(row)]
         return matching if result_size is None else matching[:result_size]
 
+    def _delivery_row(self, name: str, number: int, counts: dict[str, int]
+                      ) -> dict[str, Any]:
+        queue = self.engine.queues.get(name)
+        suspended = name in self.engine.suspended_queues
+        return {
+            "Identity": str(QueueIdentity(self.server, QueueKind.DELIVERY, number)),
+            "DeliveryType": queue.hop.delivery_type if queue else "Undefined",
+            "NextHopDomain": name,
+            "Status": "Suspended" if suspended else (queue.display_status if queue
+                                                     else "Ready"),
+            "MessageCount": counts.get(name, 0),
+            "LastError": queue.last_error if queue else None,
+            "RetryCount": queue.retry_count if queue else 0,
+            "NextRetryTime": _time(queue.next_attempt) if queue and queue.status == "Retry"
+            else None,
+        }
+
     def _named_row(self, kind: QueueKind, counts: dict[str, int]) -> dict[str, Any]:
         status = "Ready"
         if kind == QueueKind.SUBMISSION and self.engine.categorizer.running:
@@ -168,7 +172,11 @@ class QueueManagement:
     async def get_queue(self, identity: str) -> dict[str, Any]:
         """Get-Queue -Identity."""
         queue = parse_queue_identity(identity)
-        await self._queue_name(queue)
+        name = await self._queue_name(queue)
+        if queue.kind == QueueKind.DELIVERY:  # also one idle since an earlier run
+            assert queue.number is not None
+            counts, _ = await self.engine.database.read(admin_jobs.queue_message_counts)
+            return self._delivery_row(name, queue.number, counts)
         for row in await self.get_queues(result_size=None):
             if row["Identity"].lower() == str(queue).lower():
                 return row

@@ -1,9 +1,10 @@
 """A transport server's own admin endpoint: the management cmdlets as HTTP/JSON
 (``docs/management.md``), served inside the server's process.
 
-The address is the server's ``admin`` key in the organization file; without one the server
-listens on an automatic port of 127.0.0.1 and writes ``HOST:PORT`` to
-``<data_dir>/admin.address``, where the lab supervisor finds it.
+The address is the server's ``admin`` key in the organization file; without one (or when that
+port is busy, with a warning) the server listens on a free port of 127.0.0.1. Either way it
+writes the address it listens on to ``<data_dir>/admin.address``, where the lab supervisor
+finds it, and removes the file when it stops.
 """
 
 from __future__ import annotations
@@ -150,15 +151,23 @@ class ServerAdminEndpoint(service.Service):
     def privilegedStartService(self) -> None:
         from twisted.internet.error import CannotListenError
 
-        address = self.server.admin or Address("127.0.0.1", 0)
+        automatic = Address("127.0.0.1", 0)
+        address = self.server.admin or automatic
         site = server.Site(management_tree(self.transport))
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]  # no access log lines
         try:
             self.port = self.reactor.listenTCP(address.port, site, interface=address.host)
         except CannotListenError as e:
-            raise StartupError(f"{self.server.name}: admin endpoint cannot listen on "
-                               f"{address}: {e.socketError}") from None
+            if address == automatic:
+                raise StartupError(f"{self.server.name}: admin endpoint cannot listen on "
+                                   f"{address}: {e.socketError}") from None
+            # The management API is no reason to keep a transport server from running:
+            # take a free port and say so (the lab finds it in admin.address).
+            log.warn("{server}: admin endpoint cannot listen on {address} ({why}); using "
+                     "a free port of 127.0.0.1 instead", server=self.server.name,
+                     address=str(address), why=e.socketError)
+            self.port = self.reactor.listenTCP(0, site, interface=automatic.host)
         assert self.port is not None
         host: Any = self.port.getHost()
         actual = f"{host.host}:{host.port}"
@@ -173,9 +182,8 @@ class ServerAdminEndpoint(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        if self.server.admin is None:
-            with contextlib.suppress(OSError):
-                admin_address_file(self.server).unlink()
+        with contextlib.suppress(OSError):
+            admin_address_file(self.server).unlink()
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()

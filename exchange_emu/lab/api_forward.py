@@ -42,14 +42,15 @@ class ServerNotRunning(ManagementError):
 
 
 def admin_address(server_: Server) -> str | None:
-    """Where a server's admin endpoint listens: its ``admin`` key, else the address it
-    wrote at start-up (``<data_dir>/admin.address``); None if unknown."""
-    if server_.admin is not None:
-        return str(server_.admin)
+    """Where a server's admin endpoint listens: the address it wrote at start-up
+    (``<data_dir>/admin.address``), else its ``admin`` key; None if unknown."""
     try:
-        return admin_address_file(server_).read_text().strip() or None
+        written = admin_address_file(server_).read_text().strip()
     except OSError:
-        return None
+        written = ""
+    if written:
+        return written
+    return str(server_.admin) if server_.admin is not None else None
 
 
 def _server_of(identity: str) -> str:

@@ -190,7 +190,19 @@ def body_size(conn: Connection, internal_id: int) -> int | None:
 
 def body_chunk(conn: Connection, internal_id: int, offset: int, length: int) -> bytes:
     """``length`` bytes of a message's content from ``offset`` (Export-Message streams the
-    body in chunks instead of loading it whole)."""
+    body in chunks instead of loading it whole). On SQLite this is incremental blob I/O,
+    which reads only the pages of that range; elsewhere ``substr`` of the column."""
+    if conn.dialect.name == "sqlite":
+        raw: Any = conn.connection.driver_connection
+        blobopen = getattr(raw, "blobopen", None)  # Python 3.11+
+        if blobopen is not None:
+            try:
+                blob = blobopen("messages", "body", internal_id, readonly=True)
+            except Exception:  # no such row (sqlite3.OperationalError)
+                return b""
+            with blob:
+                blob.seek(min(offset, len(blob)))
+                return bytes(blob.read(length))
     chunk = conn.execute(sa.select(sa.func.substr(messages.c.body, offset + 1, length))
                          .where(messages.c.internal_id == internal_id)).scalar_one_or_none()
     return bytes(chunk) if chunk is not None else b""
