@@ -182,7 +182,7 @@ async function queueAction(identity, action) {
 
 let shownQueue = null;
 
-async function showMessages(queue) {
+async function showMessages(queue, quiet = false) {
   shownQueue = queue;
   $("#messages-section").hidden = false;
   $("#messages-queue").textContent = queue;
@@ -201,7 +201,7 @@ async function showMessages(queue) {
         el("td", { class: "actions" }, ["suspend", "resume", "remove"].map((action) => el("button", {
           type: "button", "data-action": action, onclick: () => messageAction(m.Identity, action),
         }, action))))));
-  } catch (e) { say(e.message, true); }
+  } catch (e) { if (!quiet) say(e.message, true); }
 }
 
 async function messageAction(identity, action) {
@@ -365,8 +365,11 @@ $("#slow-form").addEventListener("submit", (event) => {
 $("#heal-all").addEventListener("click", () => postFault("heal", { servers: [] }));
 
 // ---------------------------------------------------------------- start
+const MESSAGES_REFRESH_MS = 2000;  // the shown queue's messages move without an event
+
 (async () => {
   await loadServers();
   await Promise.all([loadQueues(), loadFaults()]);
   listen();
+  setInterval(() => { if (shownQueue) showMessages(shownQueue, true); }, MESSAGES_REFRESH_MS);
 })();
