@@ -13,7 +13,8 @@ setup(
     # twisted.plugins is listed explicitly: it is a plugin directory without an
     # __init__.py of ours, so find_packages() cannot see it.
     packages=[*find_packages(include=["exchange_emu", "exchange_emu.*"]), "twisted.plugins"],
-    package_data={"twisted.plugins": ["exchange_emu_plugins.py"]},
+    package_data={"twisted.plugins": ["exchange_emu_plugins.py"],
+                  "exchange_emu.lab": ["web/*.html", "web/*.js", "web/*.css"]},
     install_requires=[
         "twisted[tls]>=24.3",
         "zope.interface>=6",
@@ -36,6 +37,8 @@ setup(
             "ruff>=0.5",
             # coverage-guided fuzzing (tests/fuzz/); wheels exist for Linux x86_64 only
             "atheris>=2.3; sys_platform == 'linux' and platform_machine == 'x86_64'",
+            # Browser tests of the web queue viewer, driving Debian's chromium (no download).
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["exchange-emu = exchange_emu.cli:main"]},

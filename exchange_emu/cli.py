@@ -341,6 +341,14 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     _run_twisted(go)
     if outcome and isinstance(outcome[-1], Exception):
         return _error(f"{outcome[-1]}; is the lab running (exchange-emu lab)?")
+    if args.svg:
+        from exchange_emu.lab.scenario_diagram import write_scenario_svgs
+
+        try:
+            for written in write_scenario_svgs(organization, outcome, Path(args.svg)):
+                print(f"Sequence diagram: {written}")
+        except OSError as e:
+            return _error(f"cannot write {args.svg}: {e.strerror}")
     failed = [r.scenario for r in outcome if not r.ok]
     print(f"{len(outcome) - len(failed)} of {len(outcome)} scenarios followed the documented "
           "steps" + (f"; not: {', '.join(failed)}" if failed else ""))
@@ -505,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_run.add_argument("--fail", metavar="STEP:ACTION",
                               help="a failure experiment, e.g. D.4.3:kill-primary "
                               "(docs/teaching/)")
+    scenario_run.add_argument("--svg", metavar="FILE.svg",
+                              help="also draw the run's sequence diagram (one file per message)")
     scenario_run.set_defaults(func=cmd_scenario)
 
     from exchange_emu.admin.cli_queues import register as register_management

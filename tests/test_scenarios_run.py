@@ -74,13 +74,50 @@ def test_all_six_scenarios_follow_the_documented_steps(tmp_path):
                 break
             assert time.monotonic() < deadline, "".join(seen)
         result = subprocess.run([EXE, "scenario", "run", "all", "--config", str(LAB),
-                                 "--port-offset", offset], cwd=tmp_path, capture_output=True,
-                                text=True, timeout=240)
+                                 "--port-offset", offset, "--svg", "run.svg"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=240)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.strip().splitlines()[-1] == (
             "6 of 6 scenarios followed the documented steps")
         for scenario in "ABCDEF":
             assert f"-- {scenario} (" in result.stdout
+        for name in ("run-ABC.svg", "run-DE.svg", "run-F.svg"):
+            assert f"Sequence diagram: {name}" in result.stdout
+        _check_diagrams(tmp_path)
     finally:
         os.killpg(lab.pid, signal.SIGINT)
         lab.wait(60)
+
+
+def _arrows(path: Path) -> tuple[list[tuple[str | None, ...]], list[tuple[str | None, ...]]]:
+    """(from, to, label, steps) of each arrow, and (holder, primary, ended) of each shadow."""
+    import xml.etree.ElementTree as ET
+
+    groups = list(ET.parse(path).getroot().iter("{http://www.w3.org/2000/svg}g"))
+    arrows = [(g.get("data-from"), g.get("data-to"),
+               next(g.iter("{http://www.w3.org/2000/svg}text")).text, g.get("data-steps"))
+              for g in groups if g.get("class") == "arrow"]
+    shadows = [(g.get("data-holder"), g.get("data-primary"), g.get("data-ended"))
+               for g in groups if g.get("class") == "shadow"]
+    return arrows, shadows
+
+
+def _check_diagrams(directory: Path) -> None:
+    """``--svg``: the diagram of each message, from the real lab's tracking logs."""
+    arrows, shadows = _arrows(directory / "run-ABC.svg")
+    assert ("MAPI client", "MBX01", "save to Outbox", "A") in arrows
+    transfer = [a for a in arrows if a[2] == "XSHADOW / BDAT / 250"]
+    assert len(transfer) == 1 and transfer[0][1] == "HUB03", arrows
+    assert transfer[0][3] is not None and "D.4.2" in transfer[0][3].split()
+    assert any(a[1] == "MBX02" and a[2] == "deliver (store driver)" for a in arrows), arrows
+    assert [(s[1], s[2]) for s in shadows] == [("HUB03", "discarded")], shadows
+    arrows, shadows = _arrows(directory / "run-DE.svg")
+    assert any(a[:3] == ("EDGE01", "INTERNET01", "BDAT / 250") and "E.5" in (a[3] or "")
+               for a in arrows), arrows
+    assert ("HUB01", "EDGE01", "XQDISCARD") in [a[:3] for a in arrows]
+    assert shadows == [("HUB01", "EDGE01", "discarded")]
+    arrows, shadows = _arrows(directory / "run-F.svg")
+    assert any(a[:3] == ("INTERNET01", "EDGE01", "BDAT (250 held)") for a in arrows), arrows
+    assert any(a[:2] == ("EDGE01", "INTERNET01") and a[2].startswith("250 (delayed ack")
+               for a in arrows if a[2]), arrows
+    assert shadows == [("EDGE01", "HUB01", "discarded")]

@@ -130,7 +130,12 @@ def admin_root(supervisor: LabSupervisor, reactor: Any = None) -> resource.Resou
 
 
 def admin_site(supervisor: LabSupervisor) -> server.Site:
-    """The lab endpoint's site; ``site.resource`` is :func:`admin_root`'s tree."""
-    site = server.Site(admin_root(supervisor))
+    """The lab endpoint's site; ``site.resource`` is :func:`admin_root`'s tree, with the
+    web queue viewer mounted on it."""
+    from exchange_emu.lab.viewer import mount_viewer
+
+    root = admin_root(supervisor)
+    mount_viewer(root, supervisor.organization, supervisor.reactor)
+    site = server.Site(root)
     site.noisy = False
     return site

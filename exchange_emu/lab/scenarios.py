@@ -86,8 +86,9 @@ async def follow(reactor: Any, organization: Organization, message_id: str,
     """Poll every server's tracking log until the scenarios' steps are all there."""
     deadline = time.monotonic() + timeout
     while True:
-        search = search_tracking_logs(organization, TrackingQuery.from_text(
-            message_id=message_id, result_size="unlimited"))
+        search = await threads.deferToThread(  # reading files: off the reactor thread
+            search_tracking_logs, organization,
+            TrackingQuery.from_text(message_id=message_id, result_size="unlimited"))
         steps = narrate(search.events, message_id)
         if all(followed(steps, s)[0] for s in scenarios) or time.monotonic() > deadline:
             return steps
