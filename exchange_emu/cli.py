@@ -328,7 +328,8 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     if args.fail is not None:
         from exchange_emu.lab.cli_experiments import run_failure
 
-        return run_failure(organization, wanted, args.fail, args.timeout)
+        return run_failure(organization, wanted, args.fail, args.timeout,
+                           Path(args.svg) if args.svg else None)
     outcome: list[Any] = []
 
     async def go(reactor: Any) -> None:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from test_scenarios_run import LAB, _free_offset
@@ -109,14 +110,22 @@ RECIPIENT = {"A": "carol@contoso.test", "B": "carol@contoso.test", "C": "carol@c
 
 @pytest.mark.integration
 @pytest.mark.parametrize("key", list(EXPERIMENTS))
-def test_failure_experiment(lab: RunningLab, key: str) -> None:
+def test_failure_experiment(lab: RunningLab, key: str, tmp_path: Path) -> None:
     scenario = EXPERIMENTS[key].scenario
-    done = lab.cli("scenario", "run", scenario, "--fail", key)
+    svg = tmp_path / "experiment.svg"
+    done = lab.cli("scenario", "run", scenario, "--fail", key, "--svg", str(svg))
     report = done.stdout + done.stderr
     assert done.returncode == 0, report + "".join(lab.lines[-200:])
     assert f"== Experiment {key}:" in done.stdout
     message_id = re.search(r"== What happened to (.*):", done.stdout)
     assert message_id is not None, report
+    if message_id[1].startswith("<"):  # the recovery, drawn
+        assert f"Sequence diagram: {svg}" in done.stdout, report
+        drawing = ElementTree.parse(svg).getroot()
+        assert drawing.tag.endswith("svg")
+        assert message_id[1] in "".join(drawing.itertext())
+    else:
+        assert "No diagram: no server ever logged the message" in done.stdout, report
     if key in EXPECTED_LOSS:
         assert "-- Verdict: not delivered: Exchange 2010 cannot save this one" in report
         assert EXPECTED_LOSS[key] in " ".join(report.split())  # the Why is wrapped

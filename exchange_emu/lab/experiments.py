@@ -20,6 +20,7 @@ bob), HUB01, HUB02, MBX02 (carol), HUB03, EDGE01, LEGACY01 (dave), INTERNET01 (e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import smtplib
 import textwrap
@@ -59,6 +60,8 @@ class Outcome:
     copies: int
     where: str
     explanation: str
+    message_id: str = ""
+    """The message's Message-ID (a subject where no server ever logged the message)."""
 
     @property
     def ok(self) -> bool:
@@ -643,6 +646,7 @@ async def run_experiment(reactor: Any, organization: Organization, scenario: str
             await lab.server("start", name, "leaving the lab as it was")
     # Tracking rows reach the disk within the log's flush interval: let the last ones in.
     await _sleep(reactor, 2 * DEFAULT_FLUSH_INTERVAL)
+    outcome = dataclasses.replace(outcome, message_id=message_id)
     write(f"== What happened to {message_id}:")
     write(narration(lab, message_id))
     write(f"-- Where it is now: {outcome.where}.")
