@@ -83,6 +83,7 @@ def test_fault_kill_and_start_a_server_of_the_running_lab(tmp_path):
     """exchange-emu fault kill HUB03 crashes that one process (SIGKILL); start brings it
     back; the lab admin endpoint says which servers run."""
     import json
+    import urllib.error
     import urllib.request
 
     from exchange_emu.directory import load_organization
@@ -110,6 +111,20 @@ def test_fault_kill_and_start_a_server_of_the_running_lab(tmp_path):
         assert running()["HUB03"] is True
         unknown = fault("restart", "HUB9")
         assert unknown.returncode == 2 and "no server named 'HUB9'" in unknown.stderr
+        # Another web page in the operator's browser cannot kill a server (CSRF), nor reach
+        # the endpoint under a rebound domain name.
+        forged = urllib.request.Request(f"http://{admin}/servers/HUB03/kill", method="POST",
+                                        headers={"Origin": "http://evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=10)
+        assert refused.value.code == 403
+        assert "cross-site request guard" in json.load(refused.value)["error"]
+        rebound = urllib.request.Request(f"http://{admin}/servers",
+                                         headers={"Host": f"rebind.example:{admin.port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 403
+        assert running()["HUB03"] is True
 
     status, lines = run_lab(config, tmp_path, while_running=exercise)
     assert status == 0, "\n".join(lines)

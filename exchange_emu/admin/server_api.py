@@ -17,12 +17,13 @@ from typing import Any
 from twisted.application import service
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import resource
 
 from exchange_emu.admin.errors import ManagementError, parse_result_size
 from exchange_emu.admin.http_json import STREAMED, ApiRoot, JsonResource, arg, body
 from exchange_emu.admin.queues import QueueManagement
 from exchange_emu.admin.receive_connectors import ConnectorManagement
+from exchange_emu.admin.same_origin import guarded_site
 from exchange_emu.admin.transport_config import TransportConfigManagement
 from exchange_emu.directory import Address, Server
 from exchange_emu.startup import StartupError
@@ -153,8 +154,7 @@ class ServerAdminEndpoint(service.Service):
 
         automatic = Address("127.0.0.1", 0)
         address = self.server.admin or automatic
-        site = server.Site(management_tree(self.transport))
-        site.noisy = False
+        site = guarded_site(management_tree(self.transport))
         site.log = lambda request: None  # type: ignore[method-assign]  # no access log lines
         try:
             self.port = self.reactor.listenTCP(address.port, site, interface=address.host)

@@ -20,6 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web import resource, server
 
+from exchange_emu.admin.same_origin import guarded_site
 from exchange_emu.lab import fault_api
 from exchange_emu.lab.api_forward import TRANSPORT_ROLES, ApiForwarder, admin_address
 from exchange_emu.lab.fault_control import FaultError
@@ -136,6 +137,4 @@ def admin_site(supervisor: LabSupervisor) -> server.Site:
 
     root = admin_root(supervisor)
     mount_viewer(root, supervisor.organization, supervisor.reactor)
-    site = server.Site(root)
-    site.noisy = False
-    return site
+    return guarded_site(root)
