@@ -86,6 +86,9 @@ maillog_file = {self.maillog}
 maillog_file_prefixes = {self.dir}
 alias_maps =
 alias_database =
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+queue_run_delay = 1s
 """)
         (self.etc / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{port}"))
 

@@ -342,18 +342,23 @@ def relay_runs(args: argparse.Namespace, tools: dict[str, str], directory: Path
                 relay = EmuSystem(system == "emu", args.database_url, directory)
             print(f"  {system:<13} {sessions:>2} sessions: throughput …", end="", flush=True)
             run: dict[str, Any] = {"system": system, "sessions": sessions}
-            run["throughput"] = throughput_phase(tools, relay, sessions, args.messages,
-                                                 args.size, args.timeout)
-            print(f" {run['throughput']['msg_per_s']:.0f} msg/s; latency …", end="",
-                  flush=True)
-            if system != "direct" or args.latency_direct:
-                run["latency"] = latency_phase(relay, sessions, args.latency_messages,
-                                               args.size, args.timeout)
-                print(f" p50 {run['latency']['e2e_ms'][0]:.1f} ms, "
-                      f"p99 {run['latency']['e2e_ms'][1]:.1f} ms end to end", flush=True)
-            else:
-                print(" skipped", flush=True)
             runs.append(run)
+            try:
+                run["throughput"] = throughput_phase(tools, relay, sessions, args.messages,
+                                                     args.size, args.timeout)
+                print(f" {run['throughput']['msg_per_s']:.0f} msg/s; latency …", end="",
+                      flush=True)
+                if system != "direct" or args.latency_direct:
+                    run["latency"] = latency_phase(relay, sessions, args.latency_messages,
+                                                   args.size, args.timeout)
+                    print(f" p50 {run['latency']['e2e_ms'][0]:.1f} ms, "
+                          f"p99 {run['latency']['e2e_ms'][1]:.1f} ms end to end", flush=True)
+                else:
+                    print(" skipped", flush=True)
+            except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
+                # Noted in the results (and the table) instead of losing the whole run.
+                run["error"] = str(e).splitlines()[0][:300]
+                print(f" FAILED: {run['error']}", flush=True)
     return runs
 
 
@@ -493,8 +498,13 @@ def markdown(results: dict[str, Any]) -> str:
         "end-to-end p50 / p99 ms | CPU ms/msg | commits/s | peak RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    postfix = {r["sessions"]: r for r in results["relay"] if r["system"] == "postfix"}
+    postfix = {r["sessions"]: r for r in results["relay"]
+               if r["system"] == "postfix" and "throughput" in r}
     for r in results["relay"]:
+        if "throughput" not in r:
+            lines.append(f"| {LABELS[r['system']]} | {r['sessions']} | failed: "
+                         f"{r.get('error', '?')} ||||||")
+            continue
         t = r["throughput"]
         lat = r.get("latency")
         reference = postfix.get(r["sessions"])
@@ -506,7 +516,8 @@ def markdown(results: dict[str, Any]) -> str:
             f" | {_pair(lat['ack_ms']) if lat else '–'} | "
             f"{_pair(lat['e2e_ms']) if lat else '–'} | "
             f"{t['cpu_ms_per_message']:.2f} | "
-            f"{t['commits_per_s'] if t['commits_per_s'] is not None else '–'} | {peaks} |")
+            f"{t['commits_per_s'] if t['commits_per_s'] is not None else '–'} | {peaks} |"
+            + (f" latency failed: {r['error']}" if "error" in r else ""))
     sq = results.get("shadow_queue")
     if sq:
         lines += ["", f"Shadow queues: a hub holding {sq['shadows']} shadow copies (1 KB bodies): "
@@ -548,8 +559,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for system in results["systems"]:
-        runs = sorted((r for r in results["relay"] if r["system"] == system),
-                      key=lambda r: r["sessions"])
+        runs = sorted((r for r in results["relay"] if r["system"] == system
+                       and "throughput" in r), key=lambda r: r["sessions"])
         if not runs:
             continue
         sessions = [r["sessions"] for r in runs]
@@ -649,7 +660,12 @@ def main(argv: list[str] | None = None) -> int:
             results["storm"] = []
             for n in sorted({max(1, args.storm // 10), args.storm}):
                 print(f"  resubmission storm: {n} messages …", end="", flush=True)
-                results["storm"].append(storm_run(tools, n, directory, args.timeout))
+                try:
+                    results["storm"].append(storm_run(tools, n, directory, args.timeout))
+                except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
+                    results.setdefault("errors", []).append(f"storm {n}: {e}")
+                    print(f" FAILED: {e}", flush=True)
+                    continue
                 print(f" {results['storm'][-1]['total_seconds']:.2f} s", flush=True)
     results["machine"] = machine()
     results["machine"]["load_average_start"] = load_start

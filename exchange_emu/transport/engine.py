@@ -56,8 +56,11 @@ MAX_SESSIONS_PER_QUEUE = 20
 MESSAGES_PER_SESSION = 20
 """Exchange's MaxMessagesPerConnection (send side)."""
 UNREACHABLE = "Unreachable"
-EXPEDITE_FIRST = 0.05
-"""Seconds before the first discard query for a message whose 250 is held (F.6)."""
+EXPEDITE_FIRST = 0.005
+"""Seconds before the first discard query for a message whose 250 is held (F.6); the
+queries back off, doubling, to EXPEDITE_MAX while nothing new is held. The held 250 waits
+for the answer, so the first queries come soon: a query is a short session (EHLO, XSHADOW,
+XQDISCARD, QUIT), and none is made while a session to that primary is open anyway."""
 EXPEDITE_MAX = 2.0
 EARLY_DISCARD_TTL = 600.0
 """How long a discard notification that arrived before its shadow copy was recorded is kept."""
