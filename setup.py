@@ -34,6 +34,7 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "ruff>=0.5",
+            "matplotlib>=3.7",  # benchmarks/suite.py draws docs/images/benchmarks.png
         ],
     },
     entry_points={"console_scripts": ["exchange-emu = exchange_emu.cli:main"]},
