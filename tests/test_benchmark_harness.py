@@ -60,11 +60,13 @@ def test_tiny_suite_run_writes_well_formed_results(tmp_path: Path) -> None:
         latency = run["latency"]
         for p50, p99 in (latency["ack_ms"], latency["e2e_ms"]):
             assert 0 < p50 <= p99
-        assert throughput["cpu_seconds"] > 0
         if run["system"] == "postfix":
+            # (A dozen messages can take less than one clock tick of Postfix's CPU.)
+            assert throughput["cpu_seconds"] >= 0
             assert "smtpd" in throughput["peak_memory_kib"]
             assert throughput["commits"] is None
         else:
+            assert throughput["cpu_seconds"] > 0
             assert set(throughput["peak_memory_kib"]) == {"EDGE01", "HUB01"}
             assert min(throughput["peak_memory_kib"].values()) > 0
             # Accepting, routing and sending 12 messages takes several transactions.
