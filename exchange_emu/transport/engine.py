@@ -709,6 +709,8 @@ class ShadowRedundancy:
         self.heartbeats: set[str] = set()
         self.timer: IDelayedCall | None = None
         self.started_at = 0.0
+        self._healthy: dict[str, tuple[str | None, float]] = {}
+        """Primary -> (its database id, when a successful heartbeat was last recorded)."""
 
     @property
     def interval(self) -> float:
@@ -834,8 +836,19 @@ class ShadowRedundancy:
         if not heartbeat and not outcome.shadowed:
             return  # not a shadow session: says nothing about a primary's health
         success = outcome.shadowed and outcome.discard_query in ("ok", "not-asked")
+        known = self._healthy.get(primary)
+        if (success and known is not None and now - known[1] < self.interval
+                and outcome.primary_database_id in (None, known[0])):
+            # Healthy before and still the same database: writing would change only the
+            # time stamps, so this session costs no commit (they are at most one
+            # heartbeat interval old).
+            return
         state = await engine.database.write(
             record_heartbeat, primary, success, outcome.primary_database_id, now)
+        if success and not state.database_changed:
+            self._healthy[primary] = (state.database_id, now)
+        else:
+            self._healthy.pop(primary, None)
         retry_count = engine.settings.shadow_heartbeat_retry_count
         if state.database_changed:
             await self.take_over(primary, "primary database id changed")
