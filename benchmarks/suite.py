@@ -215,13 +215,15 @@ class EmuSystem(Relay):
         self.directory = directory
         self.processes: dict[str, ServerProcess] = {}
         self.runs = 0
+        self.schemas: list[str] = []
 
     def _database(self, server: str) -> str | None:
         if self.database_url is None:
             return None
         # One schema per server and run: a PostgreSQL URL gets its own search_path.
         schema = f"bench_{server.lower()}_{uuid.uuid4().hex[:12]}"
-        _create_schema(self.database_url, schema)
+        _schema(self.database_url, f'CREATE SCHEMA "{schema}"')
+        self.schemas.append(schema)
         sep = "&" if "?" in self.database_url else "?"
         return f"{self.database_url}{sep}options=-csearch_path%3D{schema}"
 
@@ -254,15 +256,19 @@ class EmuSystem(Relay):
         return {n: p.peak_memory_kib() or 0 for n, p in self.processes.items()}
 
     def stop(self) -> int | None:
-        return sum(stop_and_count_commits(p) for p in self.processes.values())
+        commits = sum(stop_and_count_commits(p) for p in self.processes.values())
+        while self.schemas and self.database_url is not None:
+            _schema(self.database_url, f'DROP SCHEMA "{self.schemas.pop()}" CASCADE')
+        return commits
 
 
-def _create_schema(url: str, schema: str) -> None:
+def _schema(url: str, statement: str) -> None:
+    """Create or drop a PostgreSQL schema of the run."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        conn.execute(sa.text(statement))
     engine.dispose()
 
 
@@ -558,22 +564,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for system in results["systems"]:
+    for index, system in enumerate(results["systems"]):
+        color = f"C{SYSTEMS.index(system) if system in SYSTEMS else index}"
         runs = sorted((r for r in results["relay"] if r["system"] == system
                        and "throughput" in r), key=lambda r: r["sessions"])
         if not runs:
             continue
         sessions = [r["sessions"] for r in runs]
         left.plot(sessions, [r["throughput"]["msg_per_s"] for r in runs], marker="o",
-                  label=LABELS[system])
+                  color=color, label=LABELS[system])
         with_latency = [r for r in runs if "latency" in r]
         if with_latency:
             right.plot([r["sessions"] for r in with_latency],
                        [r["latency"]["e2e_ms"][1] for r in with_latency], marker="o",
-                       label=f"{LABELS[system]} p99")
+                       color=color, label=f"{LABELS[system]} p99")
             right.plot([r["sessions"] for r in with_latency],
                        [r["latency"]["e2e_ms"][0] for r in with_latency], marker=".",
-                       linestyle="--", label=f"{LABELS[system]} p50")
+                       color=color, linestyle="--", label=f"{LABELS[system]} p50")
     left.set(title="Relay throughput (end to end)", xlabel="concurrent sessions",
              ylabel="messages/s", yscale="log")
     right.set(title="End-to-end latency per message", xlabel="concurrent sessions",
