@@ -521,7 +521,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_ratio(t['msg_per_s'], reference['throughput']['msg_per_s'] if reference else None)}"
             f" | {_pair(lat['ack_ms']) if lat else '–'} | "
             f"{_pair(lat['e2e_ms']) if lat else '–'} | "
-            f"{t['cpu_ms_per_message']:.2f} | "
+            f"{'–' if r['system'] == 'direct' else format(t['cpu_ms_per_message'], '.2f')} | "
             f"{t['commits_per_s'] if t['commits_per_s'] is not None else '–'} | {peaks} |"
             + (f" latency failed: {r['error']}" if "error" in r else ""))
     sq = results.get("shadow_queue")
