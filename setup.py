@@ -39,6 +39,7 @@ setup(
             "atheris>=2.3; sys_platform == 'linux' and platform_machine == 'x86_64'",
             # Browser tests of the web queue viewer, driving Debian's chromium (no download).
             "playwright>=1.40",
+            "matplotlib>=3.7",  # benchmarks/suite.py draws docs/images/benchmarks.png
         ],
     },
     entry_points={"console_scripts": ["exchange-emu = exchange_emu.cli:main"]},

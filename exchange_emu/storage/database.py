@@ -255,7 +255,8 @@ class QueueDatabase(service.Service):
         self._readers = []
         waiters, self._close_waiters = self._close_waiters, []
         if not isinstance(result, Failure):
-            log.info("closed queue database {url}", url=self.display_url)
+            log.info("closed queue database {url} ({commits} commits in {batches} batches)",
+                     url=self.display_url, commits=self.commits, batches=self.batches)
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)

@@ -196,6 +196,13 @@ def _v4_admin_queues(conn: Connection) -> None:
     ).create(conn)
 
 
+def _v5_discard_lookup(conn: Connection) -> None:
+    """Version 5: find a waiting discard notification by its shadow message id (settling a
+    message checks that its notification is not queued twice)."""
+    conn.execute(sa.text("CREATE INDEX ix_discard_notifications_shadow_message_id "
+                         "ON discard_notifications (shadow_message_id)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial queue database schema", _v1_initial_schema),
     Migration(2, "transport pipeline: delivered_to, delay DSN, crash detection",
@@ -203,6 +210,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "store driver submissions and the transport dumpster", _v3_store_driver),
     Migration(4, "queue identities and suspended queues (Get-Queue, Suspend-Queue)",
               _v4_admin_queues),
+    Migration(5, "index discard notifications by shadow message id", _v5_discard_lookup),
 )
 
 

@@ -230,6 +230,12 @@ def _read_body(body: bytes | BinaryIO) -> bytes:
 # --- messages --------------------------------------------------------------------------------
 
 
+# Built once: a statement object caches its compiled form, so each message costs only the
+# execution (the accepting path runs once per message received).
+_INSERT_MESSAGE = sa.insert(messages)
+_INSERT_RECIPIENT = sa.insert(recipients)
+
+
 def accept_message(conn: Connection, new: NewMessage) -> int:
     """Insert a message and its recipients (status ready, queue ``new.queue``).
 
@@ -262,13 +268,13 @@ def accept_message(conn: Connection, new: NewMessage) -> int:
     )
     if new.mapi_submission is not None:  # (a column of schema v3)
         values["mapi_submission"] = new.mapi_submission
-    result = conn.execute(sa.insert(messages).values(**values))
+    result = conn.execute(_INSERT_MESSAGE, values)
     key = result.inserted_primary_key
     if key is None:
         raise RuntimeError("the database returned no InternalId")
     internal_id = int(key[0])
     conn.execute(
-        sa.insert(recipients),
+        _INSERT_RECIPIENT,
         [
             {
                 "internal_id": internal_id,

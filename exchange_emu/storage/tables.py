@@ -147,6 +147,7 @@ discard_notifications = sa.Table(
     sa.Column("internet_message_id", sa.String(998), nullable=True),
     sa.Index("ix_discard_notifications_context", "shadow_context", "created_at"),
     sa.Index("ix_discard_notifications_created_at", "created_at"),
+    sa.Index("ix_discard_notifications_shadow_message_id", "shadow_message_id"),
 )
 
 #: The transport dumpster: copies of messages delivered to replicated mailbox databases,

@@ -59,8 +59,11 @@ MAX_SESSIONS_PER_QUEUE = 20
 MESSAGES_PER_SESSION = 20
 """Exchange's MaxMessagesPerConnection (send side)."""
 UNREACHABLE = "Unreachable"
-EXPEDITE_FIRST = 0.05
-"""Seconds before the first discard query for a message whose 250 is held (F.6)."""
+EXPEDITE_FIRST = 0.005
+"""Seconds before the first discard query for a message whose 250 is held (F.6); the
+queries back off, doubling, to EXPEDITE_MAX while nothing new is held. The held 250 waits
+for the answer, so the first queries come soon: a query is a short session (EHLO, XSHADOW,
+XQDISCARD, QUIT), and none is made while a session to that primary is open anyway."""
 EXPEDITE_MAX = 2.0
 EARLY_DISCARD_TTL = 600.0
 """How long a discard notification that arrived before its shadow copy was recorded is kept."""
@@ -746,6 +749,8 @@ class ShadowRedundancy:
         self.heartbeats: set[str] = set()
         self.timer: IDelayedCall | None = None
         self.started_at = 0.0
+        self._healthy: dict[str, tuple[str | None, float]] = {}
+        """Primary -> (its database id, when a successful heartbeat was last recorded)."""
 
     @property
     def interval(self) -> float:
@@ -872,8 +877,19 @@ class ShadowRedundancy:
         if not heartbeat and not outcome.shadowed:
             return  # not a shadow session: says nothing about a primary's health
         success = outcome.shadowed and outcome.discard_query in ("ok", "not-asked")
+        known = self._healthy.get(primary)
+        if (success and known is not None and now - known[1] < self.interval
+                and outcome.primary_database_id in (None, known[0])):
+            # Healthy before and still the same database: writing would change only the
+            # time stamps, so this session costs no commit (they are at most one
+            # heartbeat interval old).
+            return
         state = await engine.database.write(
             record_heartbeat, primary, success, outcome.primary_database_id, now)
+        if success and not state.database_changed:
+            self._healthy[primary] = (state.database_id, now)
+        else:
+            self._healthy.pop(primary, None)
         retry_count = engine.settings.shadow_heartbeat_retry_count
         if state.database_changed:
             await self.take_over(primary, "primary database id changed")

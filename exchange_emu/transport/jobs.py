@@ -142,11 +142,24 @@ _ENVELOPE = [
 ]
 
 
+def _ids() -> sa.BindParameter[Any]:
+    """The ``ids`` list parameter of a statement built once at import (``IN :ids``).
+
+    The hot jobs run for every message or session; a statement object built once keeps its
+    compiled form cached, where building the statement anew on each call costs more than
+    running it.
+    """
+    return sa.bindparam("ids", expanding=True)
+
+
+_SELECT_ENVELOPES = sa.select(*_ENVELOPE).where(messages.c.internal_id.in_(_ids()))
+
+
 def _envelopes(conn: Connection, internal_ids: Iterable[int]) -> dict[int, Envelope]:
     ids = sorted(set(internal_ids))
     out: dict[int, Envelope] = {}
     for chunk in _chunks(ids):
-        for row in conn.execute(sa.select(*_ENVELOPE).where(messages.c.internal_id.in_(chunk))):
+        for row in conn.execute(_SELECT_ENVELOPES, {"ids": list(chunk)}):
             out[int(row.internal_id)] = _envelope(row)
     return out
 
@@ -223,6 +236,11 @@ def stopped_cleanly(conn: Connection) -> None:
 # --- categorizer ------------------------------------------------------------------------------
 
 
+_SUBMISSION_OF = sa.select(recipients.c.id, recipients.c.internal_id, recipients.c.address).where(
+    recipients.c.queue == SUBMISSION_QUEUE, recipients.c.status == READY,
+    recipients.c.internal_id.in_(_ids()))
+
+
 def load_submission(
     conn: Connection, internal_ids: Sequence[int] | None = None, limit: int = 1000
 ) -> list[Submitted]:
@@ -235,7 +253,7 @@ def load_submission(
         rows = list(conn.execute(query.order_by(recipients.c.internal_id).limit(limit * 50)))
     else:
         for chunk in _chunks(sorted(set(internal_ids))):
-            rows.extend(conn.execute(query.where(recipients.c.internal_id.in_(chunk))))
+            rows.extend(conn.execute(_SUBMISSION_OF, {"ids": list(chunk)}))
     grouped: dict[int, list[SubmittedRecipient]] = defaultdict(list)
     for row in rows:
         grouped[int(row.internal_id)].append(SubmittedRecipient(int(row.id), row.address))
@@ -258,6 +276,13 @@ class RouteDecision:
     response: str | None = None
 
 
+_ROUTE = (
+    sa.update(recipients).where(recipients.c.id.in_(_ids()))
+    .values(queue=sa.bindparam("b_queue"), next_hop=sa.bindparam("b_queue"),
+            status=sa.bindparam("b_status"), last_response=sa.bindparam("b_response"))
+)
+
+
 def apply_routes(
     conn: Connection, decisions: Sequence[RouteDecision], now: float, signer: DsnSettings
 ) -> Report:
@@ -272,11 +297,8 @@ def apply_routes(
             by_queue[(d.queue, d.status, d.response)].append(d.recipient_id)
     for (queue, status, response), ids in by_queue.items():
         for chunk in _chunks(ids):
-            conn.execute(
-                sa.update(recipients)
-                .where(recipients.c.id.in_(chunk))
-                .values(queue=queue, next_hop=queue, status=status, last_response=response)
-            )
+            conn.execute(_ROUTE, {"ids": list(chunk), "b_queue": queue, "b_status": status,
+                                  "b_response": response})
     report = Report()
     _fail(conn, failures, now, signer, report)
     _settle(conn, {d.internal_id for d in decisions}, now, report)
@@ -307,27 +329,31 @@ class DeliveryItem:
     recipients: tuple[DeliveryRecipient, ...]
 
 
+_DELIVERY_RECIPIENTS = (
+    sa.select(recipients.c.id, recipients.c.internal_id, recipients.c.address,
+              recipients.c.notify, recipients.c.orcpt)
+    .where(recipients.c.internal_id.in_(_ids()), recipients.c.queue == sa.bindparam("b_queue"),
+           recipients.c.status.in_((READY, RETRY)))
+    .order_by(recipients.c.id)
+)
+_DELIVERY_MESSAGES = (
+    sa.select(*_ENVELOPE, messages.c.body, messages.c.body_type, messages.c.dsn_envid,
+              messages.c.dsn_ret, messages.c.xexch50)
+    .where(messages.c.internal_id.in_(_ids()))
+)
+
+
 def load_delivery(conn: Connection, queue: str, internal_ids: Sequence[int]) -> list[DeliveryItem]:
     """The messages (with body) and their recipients waiting in ``queue``."""
     grouped: dict[int, list[DeliveryRecipient]] = defaultdict(list)
     for chunk in _chunks(sorted(set(internal_ids))):
-        for row in conn.execute(
-            sa.select(recipients.c.id, recipients.c.internal_id, recipients.c.address,
-                      recipients.c.notify, recipients.c.orcpt)
-            .where(recipients.c.internal_id.in_(chunk), recipients.c.queue == queue,
-                   recipients.c.status.in_((READY, RETRY)))
-            .order_by(recipients.c.id)
-        ):
+        for row in conn.execute(_DELIVERY_RECIPIENTS, {"ids": list(chunk), "b_queue": queue}):
             grouped[int(row.internal_id)].append(
                 DeliveryRecipient(int(row.id), row.address, row.notify, row.orcpt)
             )
     items = []
     for chunk in _chunks(sorted(grouped)):
-        for msg in conn.execute(
-            sa.select(*_ENVELOPE, messages.c.body, messages.c.body_type, messages.c.dsn_envid,
-                      messages.c.dsn_ret, messages.c.xexch50)
-            .where(messages.c.internal_id.in_(chunk))
-        ):
+        for msg in conn.execute(_DELIVERY_MESSAGES, {"ids": list(chunk)}):
             items.append(
                 DeliveryItem(_envelope(msg), bytes(msg.body), msg.body_type, msg.dsn_envid,
                              msg.dsn_ret, msg.xexch50, tuple(grouped[int(msg.internal_id)]))
@@ -347,6 +373,19 @@ class MessageResult:
     """Our ``XSHADOW=`` id, when the next hop took the message as primary."""
 
 
+_MARK_DELIVERED = (
+    sa.update(recipients).where(recipients.c.id == sa.bindparam("b_id"))
+    .values(status=DELIVERED, last_response=sa.bindparam("b_reply"),
+            delivered_to=sa.bindparam("b_to"))
+)
+_MARK_DEFERRED = (
+    sa.update(recipients).where(recipients.c.id == sa.bindparam("b_id"))
+    .values(status=RETRY, last_response=sa.bindparam("b_reply"),
+            next_retry_at=sa.bindparam("b_at"), retry_count=recipients.c.retry_count + 1)
+)
+_INSERT_SHADOW = sa.insert(shadow_messages)
+
+
 def record_session(
     conn: Connection,
     results: Sequence[MessageResult],
@@ -362,26 +401,24 @@ def record_session(
     being deleted; deferred ones wait for ``retry_at``; failed ones get an NDR."""
     report = Report()
     failures: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    delivered = [{"b_id": rid, "b_reply": reply, "b_to": delivered_to}
+                 for result in results for rid, reply in result.delivered]
+    deferred = [{"b_id": rid, "b_reply": reply, "b_at": retry_at}
+                for result in results for rid, reply in result.deferred]
+    shadows = [{"internal_id": result.internal_id, "primary_server": primary,
+                "shadow_message_id": result.shadow_message_id, "created_at": now}
+               for result in results
+               if primary is not None and result.delivered and result.shadow_message_id]
+    # One statement each, executed for many rows: a session's replies cost a few round
+    # trips, not a few per recipient.
+    if delivered:
+        conn.execute(_MARK_DELIVERED, delivered)
+    if deferred:
+        conn.execute(_MARK_DEFERRED, deferred)
+    if shadows:
+        conn.execute(_INSERT_SHADOW, shadows)
     for result in results:
-        for rid, reply in result.delivered:
-            conn.execute(
-                sa.update(recipients).where(recipients.c.id == rid)
-                .values(status=DELIVERED, last_response=reply, delivered_to=delivered_to)
-            )
-        for rid, reply in result.deferred:
-            conn.execute(
-                sa.update(recipients).where(recipients.c.id == rid)
-                .values(status=RETRY, last_response=reply, next_retry_at=retry_at,
-                        retry_count=recipients.c.retry_count + 1)
-            )
         failures[result.internal_id].extend(result.failed)
-        if primary is not None and result.delivered and result.shadow_message_id:
-            conn.execute(
-                sa.insert(shadow_messages).values(
-                    internal_id=result.internal_id, primary_server=primary,
-                    shadow_message_id=result.shadow_message_id, created_at=now,
-                )
-            )
     envelopes = _envelopes(conn, [r.internal_id for r in results])
     report.shadows_added = [
         (envelopes[r.internal_id], r.shadow_message_id)
@@ -495,6 +532,19 @@ def _queue_dsn(
     report.dsns.append((new_id, kind, envelope, message.message_id))
 
 
+_PENDING_OF = sa.select(recipients.c.internal_id).distinct().where(
+    recipients.c.internal_id.in_(_ids()), recipients.c.status.in_((*PENDING, SUSPENDED)))
+_SHADOWED_OF = sa.select(shadow_messages.c.internal_id).distinct().where(
+    shadow_messages.c.internal_id.in_(_ids()))
+_KEEP_AS_SHADOW = sa.update(messages).where(messages.c.internal_id.in_(_ids())).values(
+    state=SHADOW)
+_DELETE_MESSAGES = sa.delete(messages).where(messages.c.internal_id.in_(_ids()))
+_WAITING_DISCARDS = sa.select(
+    discard_notifications.c.shadow_context, discard_notifications.c.shadow_message_id
+).where(discard_notifications.c.shadow_message_id.in_(_ids()))
+_INSERT_DISCARD = sa.insert(discard_notifications)
+
+
 def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: Report) -> None:
     """Messages none of whose recipients is pending any more: queue the discard
     notification for the hop they came from, then keep them as shadow copies
@@ -505,51 +555,47 @@ def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: R
     pending: set[int] = set()
     shadowed: set[int] = set()
     for chunk in _chunks(ids):
-        pending.update(int(i) for i in conn.execute(
-            sa.select(recipients.c.internal_id).distinct().where(
-                recipients.c.internal_id.in_(chunk),
-                recipients.c.status.in_((*PENDING, SUSPENDED)),
-            )).scalars())
-        shadowed.update(int(i) for i in conn.execute(
-            sa.select(shadow_messages.c.internal_id).distinct().where(
-                shadow_messages.c.internal_id.in_(chunk))).scalars())
+        pending.update(int(i) for i in conn.execute(_PENDING_OF, {"ids": list(chunk)}).scalars())
+        shadowed.update(int(i) for i in conn.execute(_SHADOWED_OF,
+                                                     {"ids": list(chunk)}).scalars())
     done = [i for i in ids if i not in pending]
     envelopes = _envelopes(conn, done)
-    for internal_id in done:
-        envelope = envelopes.get(internal_id)
-        if envelope is None:
-            continue
-        settled = Settled(envelope)
-        if envelope.shadow_context and envelope.shadow_message_id:
-            settled.discard_queued = _queue_discard(conn, envelope, now)
+    settled_now = [Settled(envelopes[i]) for i in done if i in envelopes]
+    queued = _queue_discards(conn, [s.envelope for s in settled_now], now)
+    keep, delete = [], []
+    for settled in settled_now:
+        internal_id = settled.envelope.internal_id
+        settled.discard_queued = internal_id in queued
         if internal_id in shadowed:
-            conn.execute(sa.update(messages).where(messages.c.internal_id == internal_id)
-                         .values(state=SHADOW))
+            keep.append(internal_id)
             settled.shadowed = True
         else:
-            conn.execute(sa.delete(messages).where(messages.c.internal_id == internal_id))
+            delete.append(internal_id)
             settled.deleted = True
         report.settled.append(settled)
+    for chunk in _chunks(keep):
+        conn.execute(_KEEP_AS_SHADOW, {"ids": list(chunk)})
+    for chunk in _chunks(delete):
+        conn.execute(_DELETE_MESSAGES, {"ids": list(chunk)})
 
 
-def _queue_discard(conn: Connection, envelope: Envelope, now: float) -> bool:
-    exists = conn.execute(
-        sa.select(discard_notifications.c.id).where(
-            discard_notifications.c.shadow_context == envelope.shadow_context,
-            discard_notifications.c.shadow_message_id == envelope.shadow_message_id,
-        )
-    ).first()
-    if exists is not None:
-        return False
-    conn.execute(
-        sa.insert(discard_notifications).values(
-            shadow_context=envelope.shadow_context,
-            shadow_message_id=envelope.shadow_message_id,
-            created_at=now,
-            internet_message_id=envelope.message_id,
-        )
-    )
-    return True
+def _queue_discards(conn: Connection, envelopes: Sequence[Envelope], now: float) -> set[int]:
+    """Discard notifications for the hops these messages came from (those that came with
+    ``XSHADOW=``), unless one is already waiting; the internal ids given one."""
+    wanted = {(e.shadow_context, e.shadow_message_id): e for e in envelopes
+              if e.shadow_context and e.shadow_message_id}
+    if not wanted:
+        return set()
+    shadow_ids = sorted({shadow_id for _, shadow_id in wanted})
+    for start in range(0, len(shadow_ids), _CHUNK):
+        for row in conn.execute(_WAITING_DISCARDS, {"ids": shadow_ids[start:start + _CHUNK]}):
+            wanted.pop((row.shadow_context, row.shadow_message_id), None)
+    if wanted:
+        conn.execute(_INSERT_DISCARD, [
+            {"shadow_context": context, "shadow_message_id": shadow_id, "created_at": now,
+             "internet_message_id": envelope.message_id}
+            for (context, shadow_id), envelope in wanted.items()])
+    return {envelope.internal_id for envelope in wanted.values()}
 
 
 # --- shadow redundancy ----------------------------------------------------------------------------
@@ -571,6 +617,17 @@ def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[
     return [(r.shadow_message_id, r.internet_message_id or "") for r in rows]
 
 
+_SHADOWS_OF_PRIMARY = sa.select(
+    shadow_messages.c.id, shadow_messages.c.internal_id, shadow_messages.c.shadow_message_id
+).where(shadow_messages.c.primary_server == sa.bindparam("b_primary"),
+        shadow_messages.c.shadow_message_id.in_(_ids()))
+_HANDED_TO = sa.select(recipients.c.internal_id, recipients.c.address).where(
+    recipients.c.internal_id.in_(_ids()), recipients.c.delivered_to == sa.bindparam("b_primary"))
+_DELETE_SHADOWS = sa.delete(shadow_messages).where(shadow_messages.c.id.in_(_ids()))
+_DELETE_SHADOW_MESSAGES = sa.delete(messages).where(
+    messages.c.internal_id.in_(_ids()), messages.c.state == SHADOW)
+
+
 def apply_discards(
     conn: Connection, primary: str, shadow_message_ids: Sequence[str]
 ) -> list[tuple[Envelope, bool, tuple[str, ...], str]]:
@@ -580,30 +637,27 @@ def apply_discards(
     shadow id) per shadow dropped."""
     if not shadow_message_ids:
         return []
-    rows = conn.execute(
-        sa.select(shadow_messages.c.id, shadow_messages.c.internal_id,
-                  shadow_messages.c.shadow_message_id).where(
-            shadow_messages.c.primary_server == primary,
-            shadow_messages.c.shadow_message_id.in_(list(shadow_message_ids)),
-        )
-    ).all()
+    rows: list[Any] = []
+    for start in range(0, len(shadow_message_ids), _CHUNK):
+        rows.extend(conn.execute(_SHADOWS_OF_PRIMARY, {
+            "b_primary": primary, "ids": list(shadow_message_ids[start:start + _CHUNK])}))
     if not rows:
         return []
     ids = [int(r.internal_id) for r in rows]
     shadow_ids = {int(r.internal_id): r.shadow_message_id for r in rows}
     handed: dict[int, list[str]] = defaultdict(list)
-    for row in conn.execute(sa.select(recipients.c.internal_id, recipients.c.address).where(
-            recipients.c.internal_id.in_(ids), recipients.c.delivered_to == primary)):
-        handed[int(row.internal_id)].append(row.address)
-    conn.execute(sa.delete(shadow_messages).where(shadow_messages.c.id.in_([r.id for r in rows])))
+    still: set[int] = set()
+    for chunk in _chunks(ids):
+        for row in conn.execute(_HANDED_TO, {"ids": list(chunk), "b_primary": primary}):
+            handed[int(row.internal_id)].append(row.address)
+    for start in range(0, len(rows), _CHUNK):
+        conn.execute(_DELETE_SHADOWS, {"ids": [r.id for r in rows[start:start + _CHUNK]]})
     envelopes = _envelopes(conn, ids)
-    still = {int(i) for i in conn.execute(
-        sa.select(shadow_messages.c.internal_id).distinct()
-        .where(shadow_messages.c.internal_id.in_(ids))).scalars()}
+    for chunk in _chunks(ids):
+        still.update(int(i) for i in conn.execute(_SHADOWED_OF, {"ids": list(chunk)}).scalars())
     deleted = [i for i in set(ids) if i not in still]
-    if deleted:
-        conn.execute(sa.delete(messages).where(
-            messages.c.internal_id.in_(deleted), messages.c.state == SHADOW))
+    for chunk in _chunks(deleted):
+        conn.execute(_DELETE_SHADOW_MESSAGES, {"ids": list(chunk)})
     return [(envelopes[i], i in deleted, tuple(handed[i]), shadow_ids[i])
             for i in ids if i in envelopes]
 

@@ -1,0 +1,89 @@
+"""The benchmark suite (benchmarks/suite.py) on a tiny run: real Postfix, smtp-source,
+smtp-sink and server processes, checked for well-formed results — not for timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE = "EXCHANGE_EMU_REQUIRE_INTEROP"
+SYSTEMS = {"postfix", "emu", "emu-noshadow", "direct"}
+
+
+def _require_postfix_tools() -> None:
+    missing = [tool for tool in ("postfix", "smtp-source", "smtp-sink")
+               if shutil.which(tool) is None and not (Path("/usr/sbin") / tool).exists()]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (apt-get install postfix)"
+        if os.environ.get(REQUIRE) == "1":
+            pytest.fail(f"{reason}; {REQUIRE}=1", pytrace=False)
+        pytest.skip(reason)
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix instance and smtp-sink -u nobody need root")
+
+
+def test_tiny_suite_run_writes_well_formed_results(tmp_path: Path) -> None:
+    _require_postfix_tools()
+    results_file = tmp_path / "benchmarks.json"
+    page = tmp_path / "benchmarks.md"
+    image = tmp_path / "benchmarks.png"
+    page.write_text("# Benchmarks\n\nWritten by hand.\n\n<!-- suite:begin -->\nan old table\n"
+                    "<!-- suite:end -->\n\nAlso by hand.\n")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/suite.py", "--messages", "12", "--latency-messages", "6",
+         "--sessions", "2", "--shadows", "200", "--discard-batch", "50", "--storm", "10",
+         "--timeout", "120", "--json", str(results_file), "--markdown", str(page),
+         "--plot", str(image)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    results = json.loads(results_file.read_text())
+    assert results["machine"]["cpus"] >= 1
+    assert len(results["machine"]["load_average"]) == 3
+    assert {run["system"] for run in results["relay"]} == SYSTEMS
+    for run in results["relay"]:
+        assert "error" not in run, run
+        assert run["sessions"] == 2
+        throughput = run["throughput"]
+        assert throughput["messages"] == 12
+        assert throughput["seconds"] > 0 and throughput["msg_per_s"] > 0
+        if run["system"] == "direct":
+            assert "latency" not in run
+            continue
+        latency = run["latency"]
+        for p50, p99 in (latency["ack_ms"], latency["e2e_ms"]):
+            assert 0 < p50 <= p99
+        if run["system"] == "postfix":
+            # (A dozen messages can take less than one clock tick of Postfix's CPU.)
+            assert throughput["cpu_seconds"] >= 0
+            assert "smtpd" in throughput["peak_memory_kib"]
+            assert throughput["commits"] is None
+        else:
+            assert throughput["cpu_seconds"] > 0
+            assert set(throughput["peak_memory_kib"]) == {"EDGE01", "HUB01"}
+            assert min(throughput["peak_memory_kib"].values()) > 0
+            # Accepting, routing and sending 12 messages takes several transactions.
+            assert throughput["commits"] >= 12
+            assert throughput["commits_per_s"] > 0
+
+    shadows = results["shadow_queue"]
+    assert [d["shadows"] for d in shadows["discards"]] == [20, 200]
+    assert shadows["peak_kib_full"] > 0
+    assert [s["messages"] for s in results["storm"]] == [1, 10]
+    for storm in results["storm"]:
+        assert storm["hub01_queued"] == storm["messages"]
+        assert 0 < storm["detect_seconds"] <= storm["total_seconds"]
+
+    text = page.read_text()
+    assert "Written by hand." in text and "Also by hand." in text
+    assert "an old table" not in text
+    assert "| system | sessions | msg/s | ratio to Postfix |" in text
+    assert "| Postfix | 2 |" in text
+    assert image.read_bytes().startswith(b"\x89PNG")
