@@ -30,6 +30,9 @@ class ServerSpec:
     """A ``Client <NAME>`` submission connector (AUTH LOGIN/PLAIN) on this port."""
     ack_delay: str | None = None
     """MaxAcknowledgementDelay of the Default connector (TimeSpan text)."""
+    host: str = "127.0.0.1"
+    """The address the server lives at: its ``smtp``/``store_driver`` addresses and its
+    receive connectors' bindings (a network namespace's address in tests/test_netns.py)."""
 
     @property
     def fqdn(self) -> str:
@@ -106,9 +109,9 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
         listener = "store_driver" if server.role == "mailbox" else "smtp"
         roles = _strings(server.role.split(","))
         text = (f'[[servers]]\nname = "{server.name}"\nfqdn = "{server.fqdn}"\n'
-                f'roles = {roles}\n{listener} = "127.0.0.1:{server.port}"\n')
+                f'roles = {roles}\n{listener} = "{server.host}:{server.port}"\n')
         if server.store_driver_port is not None:
-            text += f'store_driver = "127.0.0.1:{server.store_driver_port}"\n'
+            text += f'store_driver = "{server.host}:{server.store_driver_port}"\n'
         if server.site is not None and server.role != "edge":
             text += f'site = "{server.site}"\n'
         if server.version is not None:
@@ -121,12 +124,12 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
             text += f'mailbox_store_url = "{server.mailbox_store_url}"\n'
         if server.client_port is not None or server.ack_delay is not None:
             text += (f'[[servers.receive_connectors]]\nname = "Default {server.name}"\n'
-                     f'bind = "127.0.0.1:{server.port}"\n')
+                     f'bind = "{server.host}:{server.port}"\n')
             if server.ack_delay is not None:
                 text += f'max_acknowledgement_delay = "{server.ack_delay}"\n'
         if server.client_port is not None:
             text += (f'[[servers.receive_connectors]]\nname = "Client {server.name}"\n'
-                     f'bind = "127.0.0.1:{server.client_port}"\nusage = "Client"\n'
+                     f'bind = "{server.host}:{server.client_port}"\nusage = "Client"\n'
                      'auth_mechanisms = ["LOGIN", "PLAIN"]\n')
         lines.append(text)
     for database in spec.mailbox_databases:
