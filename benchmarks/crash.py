@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20261128)
     parser.add_argument("--only", action="append", metavar="SCENARIO[:SERVER]",
                         help="run only these cases (repeatable), e.g. D or D:HUB02")
+    parser.add_argument("--workers", type=int, default=1, help="labs running at a time")
     parser.add_argument("--keep", action="store_true", help="keep the labs' data folders")
     args = parser.parse_args()
 
@@ -75,7 +76,8 @@ def main() -> int:
         for backend in backends:
             stores: Stores = SqliteStores() if backend == "sqlite" else \
                 PostgresStores(stack.enter_context(postgres_database()))
-            results += run_matrix(root / backend, stores, size, args.seed, cases, report)
+            results += run_matrix(root / backend, stores, size, args.seed, cases, report,
+                                  workers=args.workers)
         if args.keep:
             print(f"data kept in {root}")
     print()

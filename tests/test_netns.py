@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import smtplib
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netns import Hosts, NetnsUnavailable, check_available
@@ -55,8 +57,8 @@ def hosts() -> Iterator[Hosts]:
 
 def multi_host_org(directory: Path, hosts: Hosts) -> Path:
     """One organization file: each server at its namespace's address."""
-    def at(name: str, role: str, port: int = SMTP_PORT, **options: object) -> ServerSpec:
-        return ServerSpec(name, role, port, host=hosts.address[name], **options)  # type: ignore[arg-type]
+    def at(name: str, role: str, port: int = SMTP_PORT, **options: Any) -> ServerSpec:
+        return ServerSpec(name, role, port, host=hosts.address[name], **options)
 
     spec = OrgSpec(
         [at("MBX01", "mailbox", STORE_DRIVER_PORT),
@@ -104,7 +106,8 @@ def send(host: str, sender: str, recipient: str, message_id: str) -> None:
                         f"Message-ID: {message_id}\r\nSubject: multi-host\r\n\r\nx\r\n")
 
 
-def wait_copies(count: callable, message_id: str, timeout: float = 30.0) -> int:  # type: ignore[valid-type]
+def wait_copies(count: Callable[[], Counter[str]], message_id: str,
+                timeout: float = 30.0) -> int:
     """Poll (bounded) until the message is there; how many copies."""
     deadline = time.monotonic() + timeout
     while not count()[message_id]:
@@ -134,10 +137,10 @@ def test_scenarios_d_and_f_across_hosts_and_a_healed_partition(lab: ProcessLab,
         address = server.smtp or server.store_driver
         assert address is not None and address.host == hosts.address[name]
 
-    def erin() -> dict[str, int]:
+    def erin() -> Counter[str]:
         return copies_in_files(internet.data_dir, "erin@fabrikam.test")
 
-    def bob() -> dict[str, int]:
+    def bob() -> Counter[str]:
         return copies_in_mailbox(store_url, "bob@contoso.test")
 
     # D: HUB01 → HUB02 → EDGE01 → INTERNET01, each hop to another host.
