@@ -9,8 +9,9 @@ acknowledged message is looked for at its destination.
 
 It prints one row per case (backend, scenario, server killed, restarted?, trials, sent,
 acknowledged, lost, duplicates, RESUBMIT and DUPLICATEDELIVER rows) and exits 1 if any
-acknowledged message was lost (the problems of such a trial are printed, with the end of
-each server's output).
+acknowledged message was lost, an Exchange mailbox got a message twice or a lab did not
+drain in time (the problems of such a trial are printed, with the end of each server's
+output).
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def main() -> int:
     def report(result: CaseResult) -> None:
         print(table([result]).splitlines()[-1], flush=True)
         if result.lost:
-            print(f"LOST: {result.lost}\n" + "\n".join(result.problems), flush=True)
+            print(f"LOST: {result.lost}", flush=True)
+        if result.problems:
+            print("\n".join(result.problems), flush=True)
 
     with ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="crash-matrix-")) if args.keep else \
@@ -85,7 +88,7 @@ def main() -> int:
     lost = sum(len(r.lost) for r in results)
     print(f"\n{sum(r.acknowledged for r in results)} acknowledged, {lost} lost, "
           f"{sum(r.duplicates for r in results)} duplicates at foreign/legacy recipients")
-    return 1 if lost else 0
+    return 1 if lost or any(r.problems for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -48,10 +48,13 @@ FAST_TIMERS: dict[str, str | int | bool] = {
     "QueueGlitchRetryInterval": "00:00:01",
     "TransientFailureRetryInterval": "00:00:01",
     "MessageRetryInterval": "00:00:01",
+    "OutboundConnectionFailureRetryInterval": "00:00:05",
     "ShadowHeartbeatTimeoutInterval": "00:00:01",
     "ShadowHeartbeatRetryCount": 2,
 }
-"""Timers short enough that a takeover (2 failed heartbeats) happens within seconds."""
+"""Timers short enough that a takeover (2 failed heartbeats) happens within seconds, and
+that a queue whose next hop was down for a while (more than the glitch and transient
+retries, about 10 s) tries again within seconds rather than Exchange's 10 minutes."""
 
 ACK_DELAY = "00:00:02"
 """MaxAcknowledgementDelay of every receive connector: a held 250 waits at most this."""
@@ -138,7 +141,7 @@ class Size:
 
 
 SMALL = Size(trials=1, messages=6, kills=1)
-LARGE = Size(trials=5, messages=40, kills=3)
+LARGE = Size(trials=2, messages=30, kills=3, drain_timeout=120.0)
 
 
 @dataclass
@@ -346,6 +349,24 @@ def queued_messages(url: str) -> int:
         engine.dispose()
 
 
+def held_messages(url: str, message_ids: set[str]) -> set[str]:
+    """Which of ``message_ids`` a server's queue database still holds."""
+    from exchange_emu.storage.tables import messages
+
+    if not message_ids:
+        return set()
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {str(m) for m in conn.execute(sa.select(
+                messages.c.internet_message_id).where(
+                    messages.c.internet_message_id.in_(sorted(message_ids)))).scalars()}
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        return set()
+    finally:
+        engine.dispose()
+
+
 def outbox_items(store_url: str) -> int:
     from exchange_emu.mailbox.tables import items
 
@@ -548,9 +569,22 @@ class Trial:
             if arrived and self._settled():
                 return copies
             if time.monotonic() > deadline:
-                what = "acknowledged messages missing" if not arrived else "queues not empty"
+                missing = {m for m in self.stream.acknowledged if not copies[m]}
+                held = self.held(missing)
+                what = (f"{len(missing)} acknowledged messages missing, of which "
+                        f"{len(held)} still queued on a server" if missing
+                        else "queues not empty")
                 self.problems.append(f"after {self.size.drain_timeout:.0f} s: {what}")
                 return copies
+
+    def held(self, message_ids: set[str]) -> set[str]:
+        """Which of ``message_ids`` some server (running or not) still has queued."""
+        found: set[str] = set()
+        for name in self.processes:
+            server = self.organization.server(name)
+            if server.roles - {"mailbox"}:
+                found |= held_messages(server.database_url, message_ids)
+        return found
 
     def tracking_counts(self) -> Counter[str]:
         """RESUBMIT and DUPLICATEDELIVER rows about this trial's messages, all servers."""
