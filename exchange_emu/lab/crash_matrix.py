@@ -157,6 +157,9 @@ class CaseResult:
     """Shadow copies resubmitted by their holder (RESUBMIT rows): takeovers."""
     suppressed: int = 0
     """Copies the mailbox dropped as duplicates (DUPLICATEDELIVER rows)."""
+    poisoned: int = 0
+    """Messages left in a Poison queue (a server crashed twice with them in Submission);
+    they wait for an administrator, so the drain does not wait for them."""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -334,15 +337,18 @@ def copies_in_mailbox(store_url: str, recipient: str) -> Counter[str]:
         engine.dispose()
 
 
-def queued_messages(url: str) -> int:
-    """Messages (queued or shadow copies) still in a server's queue database."""
+def queued_messages(url: str, state: str | None = None) -> int:
+    """Messages (queued or shadow copies) in a server's queue database — every one but
+    those in the Poison queue, or only those in ``state``."""
     from exchange_emu.storage.tables import messages
 
     engine = sa.create_engine(url)
+    query = sa.select(sa.func.count()).select_from(messages)
+    query = query.where(messages.c.state == state) if state is not None \
+        else query.where(messages.c.state != "poison")
     try:
         with engine.connect() as conn:
-            return int(conn.execute(
-                sa.select(sa.func.count()).select_from(messages)).scalar_one())
+            return int(conn.execute(query).scalar_one())
     except (sa.exc.OperationalError, sa.exc.ProgrammingError):
         return 0
     finally:
@@ -363,6 +369,35 @@ def held_messages(url: str, message_ids: set[str]) -> set[str]:
                     messages.c.internet_message_id.in_(sorted(message_ids)))).scalars()}
     except (sa.exc.OperationalError, sa.exc.ProgrammingError):
         return set()
+    finally:
+        engine.dispose()
+
+
+def leftovers(url: str, *, mailbox_store: bool) -> list[str]:
+    """What a server still holds, one line per item: Outbox items of a mailbox store, or
+    queued messages with their recipients' queue and status."""
+    from exchange_emu.mailbox.tables import items
+    from exchange_emu.storage.tables import messages, recipients
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if mailbox_store:
+                rows = conn.execute(sa.select(
+                    items.c.id, items.c.internet_message_id, items.c.submission_state,
+                    items.c.submitted_via).where(items.c.folder == "Outbox"))
+                return [f"Outbox item {r.id} {r.internet_message_id} state={r.submission_state}"
+                        f" via={r.submitted_via}" for r in rows]
+            rows = conn.execute(sa.select(
+                messages.c.internal_id, messages.c.internet_message_id, messages.c.state,
+                messages.c.mapi_submission, recipients.c.queue, recipients.c.status,
+                recipients.c.last_response).join(
+                recipients, recipients.c.internal_id == messages.c.internal_id))
+            return [f"message {r.internal_id} {r.internet_message_id} state={r.state} "
+                    f"mapi={r.mapi_submission} queue={r.queue} status={r.status} "
+                    f"last={r.last_response}" for r in rows]
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:
+        return [f"unreadable: {e}"]
     finally:
         engine.dispose()
 
@@ -575,7 +610,20 @@ class Trial:
                         f"{len(held)} still queued on a server" if missing
                         else "queues not empty")
                 self.problems.append(f"after {self.size.drain_timeout:.0f} s: {what}")
+                self.problems += self.what_is_left()
                 return copies
+
+    def what_is_left(self) -> list[str]:
+        out = []
+        for name in self.processes:
+            server = self.organization.server(name)
+            if server.mailbox_store_url is not None:
+                out += [f"{name}: {line}" for line in
+                        leftovers(server.mailbox_store_url, mailbox_store=True)]
+            if server.roles - {"mailbox"}:
+                out += [f"{name}: {line}" for line in
+                        leftovers(server.database_url, mailbox_store=False)]
+        return out
 
     def held(self, message_ids: set[str]) -> set[str]:
         """Which of ``message_ids`` some server (running or not) still has queued."""
@@ -585,6 +633,10 @@ class Trial:
             if server.roles - {"mailbox"}:
                 found |= held_messages(server.database_url, message_ids)
         return found
+
+    def poisoned(self) -> int:
+        return sum(queued_messages(self.organization.server(n).database_url, "poison")
+                   for n in self.processes if self.organization.server(n).roles - {"mailbox"})
 
     def tracking_counts(self) -> Counter[str]:
         """RESUBMIT and DUPLICATEDELIVER rows about this trial's messages, all servers."""
@@ -636,6 +688,7 @@ def run_case(case: Case, root: Path, stores: Stores, size: Size, seed: int,
             if extra:
                 result.problems.append(f"trial {number}: duplicates in an Exchange mailbox "
                                        f"(must be exactly once): {extra}")
+        result.poisoned += trial.poisoned()
         counts = trial.tracking_counts()
         result.resubmitted += counts["RESUBMIT"]
         result.suppressed += counts["DUPLICATEDELIVER"]
@@ -665,7 +718,7 @@ def run_matrix(root: Path, stores: Stores, size: Size, seed: int,
 
 
 HEADER = ("backend", "scenario", "killed", "restart", "trials", "sent", "acked", "lost",
-          "dups", "resubmitted", "dups dropped", "seconds")
+          "dups", "resubmitted", "dups dropped", "poisoned", "seconds")
 
 
 def table(results: Sequence[CaseResult]) -> str:
@@ -673,7 +726,8 @@ def table(results: Sequence[CaseResult]) -> str:
     rows = [HEADER] + [
         (r.backend, r.case.scenario, r.case.killed, "yes" if r.case.restart else "no",
          str(r.trials), str(r.sent), str(r.acknowledged), str(len(r.lost)),
-         str(r.duplicates), str(r.resubmitted), str(r.suppressed), f"{r.seconds:.1f}")
+         str(r.duplicates), str(r.resubmitted), str(r.suppressed), str(r.poisoned),
+         f"{r.seconds:.1f}")
         for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
