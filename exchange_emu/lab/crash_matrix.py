@@ -160,6 +160,10 @@ class CaseResult:
     poisoned: int = 0
     """Messages left in a Poison queue (a server crashed twice with them in Submission);
     they wait for an administrator, so the drain does not wait for them."""
+    shadows_left: int = 0
+    """Shadow copies still held at the end: their discard notification was handed out
+    but never applied (the holder crashed in between); ShadowMessageAutoDiscardInterval
+    drops them. The drain does not wait for them."""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -337,18 +341,16 @@ def copies_in_mailbox(store_url: str, recipient: str) -> Counter[str]:
         engine.dispose()
 
 
-def queued_messages(url: str, state: str | None = None) -> int:
-    """Messages (queued or shadow copies) in a server's queue database — every one but
-    those in the Poison queue, or only those in ``state``."""
+def queued_messages(url: str, state: str = "queued") -> int:
+    """Messages in ``state`` in a server's queue database: ``queued`` (still to be
+    delivered by it), ``shadow`` (shadow copies kept for a primary) or ``poison``."""
     from exchange_emu.storage.tables import messages
 
     engine = sa.create_engine(url)
-    query = sa.select(sa.func.count()).select_from(messages)
-    query = query.where(messages.c.state == state) if state is not None \
-        else query.where(messages.c.state != "poison")
     try:
         with engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(messages).where(
+                messages.c.state == state)).scalar_one())
     except (sa.exc.OperationalError, sa.exc.ProgrammingError):
         return 0
     finally:
@@ -634,8 +636,9 @@ class Trial:
                 found |= held_messages(server.database_url, message_ids)
         return found
 
-    def poisoned(self) -> int:
-        return sum(queued_messages(self.organization.server(n).database_url, "poison")
+    def left_in(self, state: str) -> int:
+        """Messages in ``state`` on every server with a queue database."""
+        return sum(queued_messages(self.organization.server(n).database_url, state)
                    for n in self.processes if self.organization.server(n).roles - {"mailbox"})
 
     def tracking_counts(self) -> Counter[str]:
@@ -688,7 +691,8 @@ def run_case(case: Case, root: Path, stores: Stores, size: Size, seed: int,
             if extra:
                 result.problems.append(f"trial {number}: duplicates in an Exchange mailbox "
                                        f"(must be exactly once): {extra}")
-        result.poisoned += trial.poisoned()
+        result.poisoned += trial.left_in("poison")
+        result.shadows_left += trial.left_in("shadow")
         counts = trial.tracking_counts()
         result.resubmitted += counts["RESUBMIT"]
         result.suppressed += counts["DUPLICATEDELIVER"]
@@ -718,7 +722,7 @@ def run_matrix(root: Path, stores: Stores, size: Size, seed: int,
 
 
 HEADER = ("backend", "scenario", "killed", "restart", "trials", "sent", "acked", "lost",
-          "dups", "resubmitted", "dups dropped", "poisoned", "seconds")
+          "dups", "resubmitted", "dups dropped", "poisoned", "shadows left", "seconds")
 
 
 def table(results: Sequence[CaseResult]) -> str:
@@ -727,7 +731,7 @@ def table(results: Sequence[CaseResult]) -> str:
         (r.backend, r.case.scenario, r.case.killed, "yes" if r.case.restart else "no",
          str(r.trials), str(r.sent), str(r.acknowledged), str(len(r.lost)),
          str(r.duplicates), str(r.resubmitted), str(r.suppressed), str(r.poisoned),
-         f"{r.seconds:.1f}")
+         str(r.shadows_left), f"{r.seconds:.1f}")
         for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
