@@ -56,6 +56,10 @@ FAST_TIMERS: dict[str, str | int | bool] = {
 that a queue whose next hop was down for a while (more than the glitch and transient
 retries, about 10 s) tries again within seconds rather than Exchange's 10 minutes."""
 
+SHADOW_GRACE = 10.0
+"""Once everything is delivered, how long the shadow holders get to discard their copies
+(ten heartbeats) before the copies still held are counted as "shadows left"."""
+
 ACK_DELAY = "00:00:02"
 """MaxAcknowledgementDelay of every receive connector: a held 250 waits at most this."""
 
@@ -604,7 +608,8 @@ class Trial:
             copies = self.destination_copies()
             arrived = all(copies[m] for m in self.stream.acknowledged)
             if arrived and self._settled():
-                return copies
+                self._wait_for_shadows(min(deadline, time.monotonic() + SHADOW_GRACE))
+                return self.destination_copies()
             if time.monotonic() > deadline:
                 missing = {m for m in self.stream.acknowledged if not copies[m]}
                 held = self.held(missing)
@@ -614,6 +619,11 @@ class Trial:
                 self.problems.append(f"after {self.size.drain_timeout:.0f} s: {what}")
                 self.problems += self.what_is_left()
                 return copies
+
+    def _wait_for_shadows(self, deadline: float) -> None:
+        """Give the holders a few heartbeats to collect their discard notifications."""
+        while self.left_in("shadow") and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def what_is_left(self) -> list[str]:
         out = []
