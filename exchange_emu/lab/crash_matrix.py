@@ -619,6 +619,7 @@ class Trial:
                 self.problems.append(f"after {self.size.drain_timeout:.0f} s: {what}")
                 self.problems += self.what_is_left()
                 return copies
+            time.sleep(0.2)  # the polling interval
 
     def _wait_for_shadows(self, deadline: float) -> None:
         """Give the holders a few heartbeats to collect their discard notifications."""
