@@ -45,8 +45,8 @@ def check(results: list[CaseResult]) -> None:
 
 
 def run(tmp_path: Path, stores: Stores) -> list[CaseResult]:
-    # Three labs at a time: the matrix is mostly waiting (start-up, retries, heartbeats).
-    return run_matrix(tmp_path, stores, SMALL, environment_seed(), CASES, workers=3)
+    # Four labs at a time: the matrix is mostly waiting (start-up, retries, heartbeats).
+    return run_matrix(tmp_path, stores, SMALL, environment_seed(), CASES, workers=4)
 
 
 def test_crash_matrix_sqlite(tmp_path: Path) -> None:
