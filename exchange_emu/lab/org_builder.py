@@ -35,6 +35,9 @@ class ServerSpec:
     receive_settings: Mapping[str, TomlValue] = field(default_factory=dict)
     """More keys of the Default receive connector (``max_inbound_connection_per_source``,
     ``connection_inactivity_timeout``, ``org_server_networks`` …)."""
+    host: str = "127.0.0.1"
+    """The address the server lives at: its ``smtp``/``store_driver`` addresses and its
+    receive connectors' bindings (a network namespace's address in tests/test_netns.py)."""
 
     @property
     def fqdn(self) -> str:
@@ -119,9 +122,9 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
         listener = "store_driver" if server.role == "mailbox" else "smtp"
         roles = _strings(server.role.split(","))
         text = (f'[[servers]]\nname = "{server.name}"\nfqdn = "{server.fqdn}"\n'
-                f'roles = {roles}\n{listener} = "127.0.0.1:{server.port}"\n')
+                f'roles = {roles}\n{listener} = "{server.host}:{server.port}"\n')
         if server.store_driver_port is not None:
-            text += f'store_driver = "127.0.0.1:{server.store_driver_port}"\n'
+            text += f'store_driver = "{server.host}:{server.store_driver_port}"\n'
         if server.site is not None and server.role != "edge":
             text += f'site = "{server.site}"\n'
         if server.version is not None:
@@ -135,14 +138,14 @@ def org_toml(spec: OrgSpec, data_root: Path) -> str:
         if (server.client_port is not None or server.ack_delay is not None
                 or server.receive_settings):
             text += (f'[[servers.receive_connectors]]\nname = "Default {server.name}"\n'
-                     f'bind = "127.0.0.1:{server.port}"\n')
+                     f'bind = "{server.host}:{server.port}"\n')
             if server.ack_delay is not None:
                 text += f'max_acknowledgement_delay = "{server.ack_delay}"\n'
             text += "".join(f"{key} = {_value(value)}\n"
                             for key, value in server.receive_settings.items())
         if server.client_port is not None:
             text += (f'[[servers.receive_connectors]]\nname = "Client {server.name}"\n'
-                     f'bind = "127.0.0.1:{server.client_port}"\nusage = "Client"\n'
+                     f'bind = "{server.host}:{server.client_port}"\nusage = "Client"\n'
                      'auth_mechanisms = ["LOGIN", "PLAIN"]\n')
         lines.append(text)
     for database in spec.mailbox_databases:

@@ -233,6 +233,16 @@ class TransportEngine(service.Service):
             queue.hop = hop
         return queue
 
+    def mailbox_server_reachable(self, mailbox_server: str) -> None:
+        """The store driver link to ``mailbox_server`` is (back) up: its mailbox delivery
+        queues in Retry try again now instead of at their next retry time, which after
+        the glitch and transient retries is OutboundConnectionFailureRetryInterval
+        (10 minutes) away — the hub knows the server is back, it need not guess."""
+        for queue in self.queues.values():
+            if (queue.hop.delivery == MAILBOX and queue.status == "Retry"
+                    and any(t.server == mailbox_server for t in queue.hop.targets)):
+                queue.retry_now()
+
     def route(self, address: str) -> NextHop | RoutingFailure:
         return self.router.route(address)
 
@@ -453,6 +463,16 @@ class DeliveryQueue:
     def forget(self, internal_ids: Sequence[int]) -> None:
         for internal_id in internal_ids:
             self.items.pop(internal_id, None)
+
+    def retry_now(self) -> None:
+        """Leave Retry: every waiting message is due now (Exchange's Retry-Queue)."""
+        self.status = "Ready"
+        self.retry_count = 0
+        self.next_attempt = 0.0
+        for internal_id in self.items:
+            if internal_id not in self.in_flight:
+                self.items[internal_id] = 0.0
+        self.kick()
 
     def cancel_timer(self) -> None:
         if self.timer is not None and self.timer.active():

@@ -107,6 +107,7 @@ class TransportServer(service.MultiService):
                 submitted=self._from_store_driver, redeliver=self.engine.redeliver,
                 replicated=self._replicated)
             self.engine.store_driver = self.store_driver
+            self.store_driver.on_link_up = self.engine.mailbox_server_reachable
             self.store_driver.setServiceParent(self)
         self.connectors: dict[str, tuple[TransportReceivePolicy, ExchangeESMTPFactory]] = {}
         """Each receive connector's policy and SMTP factory, by name (Set-ReceiveConnector)."""

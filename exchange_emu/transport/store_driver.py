@@ -121,6 +121,8 @@ class HubStoreDriver(service.MultiService):
         self.replicated = replicated
         self.links: dict[str, HubStoreDriverLink] = {}
         self.accepting = False
+        self.on_link_up: Callable[[str], None] | None = None
+        """Told the name of a mailbox server whose link is (back) up."""
         for mailbox_server in organization.servers.values():
             if (mailbox_server.has_role("mailbox") and mailbox_server.site == server.site
                     and mailbox_server.store_driver is not None):
@@ -143,6 +145,8 @@ class HubStoreDriver(service.MultiService):
         self.links[link.mailbox_server] = link
         log.info("{hub}: store driver connected to {mbx}", hub=self.server.name,
                  mbx=link.mailbox_server)
+        if self.on_link_up is not None:
+            self.on_link_up(link.mailbox_server)
 
     def link_down(self, link: HubStoreDriverLink) -> None:
         if self.links.get(link.mailbox_server) is link:
