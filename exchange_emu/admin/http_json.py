@@ -26,6 +26,13 @@ def json_bytes(body: Any) -> bytes:
     return json.dumps(body, indent=1).encode() + b"\n"
 
 
+def json_answer(request: Any, status: int, body: Any) -> bytes:
+    """Set ``request``'s status and JSON content type; the body to return from render_*."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body).encode()
+
+
 def send_json(request: Any, status: int, body: Any) -> None:
     """Answer ``request`` with ``body`` as JSON (it must not have been answered yet)."""
     request.setResponseCode(status)

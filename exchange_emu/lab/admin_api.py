@@ -14,12 +14,12 @@ line, e.g. ``admin_root(...).putChild(b"faults", FaultsResource(supervisor))``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.web import resource, server
 
+from exchange_emu.admin.http_json import json_answer as _json
 from exchange_emu.admin.same_origin import guarded_site
 from exchange_emu.lab import fault_api
 from exchange_emu.lab.api_forward import TRANSPORT_ROLES, ApiForwarder, admin_address
@@ -28,12 +28,6 @@ from exchange_emu.lab.lab_api import SendResource, TrackingResource
 from exchange_emu.lab.supervisor import LabSupervisor
 
 ACTIONS = ("kill", "stop", "start", "restart", "wipe-db")
-
-
-def _json(request: Any, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body).encode()
 
 
 class ServersResource(resource.Resource):

@@ -21,18 +21,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.web import resource, server
 
+from exchange_emu.admin.http_json import json_answer as _json
 from exchange_emu.faults import CRASH_AT
 from exchange_emu.lab import fault_control
 from exchange_emu.lab.fault_control import FaultError
 from exchange_emu.lab.supervisor import LabSupervisor
 
 POST_ACTIONS = ("partition", "heal", "slow", "reply", "crash-at")
-
-
-def _json(request: Any, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body).encode()
 
 
 class FaultsResource(resource.Resource):
