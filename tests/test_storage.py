@@ -527,6 +527,40 @@ class _QueueDatabaseBehaviour:
         )
         self.assertTrue(not stored.database_changed)
 
+    async def test_crash_counts_only_the_categorizer_batch(self) -> None:
+        """Poison message detection (schema step 6): a crash counts against the messages the
+        categorizer had taken (committed with the batch), not against those merely waiting;
+        routing a batch releases it; two crashes in process move a message to Poison."""
+        from exchange_emu.transport import jobs
+
+        db = self.open_db()
+        store = QueueStore(db)
+        signer = jobs.DsnSettings("hub01.contoso.test", "postmaster@contoso.test")
+        await db.write(jobs.start_up)
+        busy = await store.accept_message(_message(1))
+        routed = await store.accept_message(_message(2))
+        taken = await db.write(jobs.take_submission, [busy, routed])
+        self.assertEqual(sorted(t.envelope.internal_id for t in taken), [busy, routed])
+        await db.write(jobs.apply_routes, [
+            jobs.RouteDecision(r.id, routed, jobs.READY, "fabrikam.test")
+            for t in taken if t.envelope.internal_id == routed for r in t.recipients],
+            1.0, signer)
+        self.assertEqual(self.raw_count(tables.categorizer_batch), 1)  # busy only
+        waiting = await store.accept_message(_message(3))
+        first = await db.write(jobs.start_up)  # the server had died
+        self.assertEqual((first.crashed, first.poisoned), (True, ()))
+        self.assertEqual(self.raw_count(tables.categorizer_batch), 0)
+        await db.write(jobs.take_submission, [busy])  # dies on it again
+        second = await db.write(jobs.start_up)
+        self.assertEqual([p.internal_id for p in second.poisoned], [busy])
+        counts = {}
+        for internal_id in (busy, routed, waiting):
+            got = await store.get_message(internal_id)
+            assert got is not None
+            counts[internal_id] = (str(got.state), got.crash_count)
+        self.assertEqual(counts, {busy: ("poison", 2), routed: ("queued", 0),
+                                  waiting: ("queued", 0)})
+
     # --- migrations ------------------------------------------------------------------------
 
     async def test_upgrade_from_version_1_keeps_data(self) -> None:

@@ -298,30 +298,134 @@ class EngineTests(EngineHarness):
 
 
 class PoisonTests(TestCase):
-    def test_message_in_submission_during_two_crashes_goes_to_poison(self):
-        """Exchange's poison message detection, on the job that runs at start-up."""
-        import sqlalchemy as sa
+    """Exchange's poison message detection, on the jobs: a crash counts only against the
+    messages the categorizer had taken for processing."""
 
-        from exchange_emu.storage.queue import accept_message
-
+    def _database(self) -> QueueDatabase:
         directory = Path(tempfile.mkdtemp(prefix="exchange-emu-test-"))
         self.addCleanup(shutil.rmtree, directory, True)
         db = QueueDatabase(f"sqlite:///{directory / 'q.db'}", reactor=reactor)
         db.open()
         self.addCleanup(db.stopService)
+        return db
+
+    def _accept(self, conn: Any, message_id: str) -> int:
+        from exchange_emu.storage.queue import accept_message
+
+        return accept_message(conn, NewMessage(
+            sender="a@contoso.test", recipients=("b@x.test",), body=b"x", received_at=NOW,
+            message_id=message_id))
+
+    def _state(self, conn: Any, internal_id: int) -> tuple[str, int]:
+        import sqlalchemy as sa
+
+        row = conn.execute(sa.text("SELECT state, crash_count FROM messages "
+                                   "WHERE internal_id = :i"), {"i": internal_id}).one()
+        return row.state, int(row.crash_count)
+
+    def test_message_in_process_during_two_crashes_goes_to_poison(self):
+        db = self._database()
         with db.engine.begin() as conn:
-            accept_message(conn, NewMessage(sender="a@contoso.test", recipients=("b@x.test",),
-                                            body=b"x", received_at=NOW, message_id="<p@x>"))
+            internal_id = self._accept(conn, "<p@x>")
             first = jobs.start_up(conn)  # a clean previous run: nothing counted
             self.assertFalse(first.crashed)
+            taken = jobs.take_submission(conn)  # the categorizer takes it ... and dies
+            self.assertEqual([t.envelope.internal_id for t in taken], [internal_id])
             second = jobs.start_up(conn)  # "running" still set: the first run crashed
             self.assertTrue(second.crashed)
             self.assertEqual(second.poisoned, ())
+            self.assertEqual(self._state(conn, internal_id), ("queued", 1))
+            jobs.take_submission(conn)  # taken again after the restart ... and dies again
             third = jobs.start_up(conn)
             self.assertEqual([p.message_id for p in third.poisoned], ["<p@x>"])
-            state = conn.execute(sa.text("SELECT state FROM messages")).scalar_one()
-            self.assertEqual(state, "poison")
+            self.assertEqual(self._state(conn, internal_id), ("poison", 2))
+            self.assertEqual(jobs.load_submission(conn), [])
 
+    def test_message_waiting_during_two_crashes_is_not_poisoned(self):
+        """A message in Submission that the categorizer had not taken yet when the server
+        died (twice) was not being processed: it is routed normally afterwards."""
+        db = self._database()
+        signer = jobs.DsnSettings("hub01.contoso.test", "postmaster@contoso.test")
+        with db.engine.begin() as conn:
+            jobs.start_up(conn)
+            busy = self._accept(conn, "<busy@x>")
+            jobs.take_submission(conn, [busy])  # the batch in process at the crash
+            waiting = self._accept(conn, "<waiting@x>")  # arrived, not taken yet
+            self.assertTrue(jobs.start_up(conn).crashed)
+            self.assertEqual(jobs.start_up(conn).poisoned, ())  # crashed again at once
+            self.assertEqual(self._state(conn, waiting), ("queued", 0))
+            self.assertEqual(self._state(conn, busy), ("queued", 1))
+            batch = jobs.take_submission(conn)
+            self.assertEqual(sorted(s.envelope.internal_id for s in batch),
+                             sorted([busy, waiting]))
+            jobs.apply_routes(conn, [
+                jobs.RouteDecision(r.id, s.envelope.internal_id, jobs.READY, "x.test")
+                for s in batch for r in s.recipients], NOW, signer)
+            self.assertEqual(jobs.start_up(conn).poisoned, ())  # routed: released from process
+            self.assertEqual(self._state(conn, waiting), ("queued", 0))
+            self.assertEqual(self._state(conn, busy), ("queued", 1))
+
+
+class PoisonEngineTests(EngineHarness):
+    """Poison message detection across real restarts of the engine on one database; a
+    "crash" is a stop that leaves the database marked running, as a killed process does."""
+
+    async def crash_and_restart(self, *, run: bool = True) -> None:
+        from unittest import mock
+
+        with mock.patch.object(jobs, "stopped_cleanly", lambda conn: None):
+            await self.engine.stopService()
+        self.engine = TransportEngine(
+            self.organization, self.server, self.db,
+            TransportTracking(self.server, self.log), reactor, clock=self.clock)
+        self.engine.startService()
+        await self.engine.ready
+        if run:
+            await self.settle()
+
+    async def test_message_being_categorized_at_two_crashes_goes_to_poison(self):
+        """The categorizer dies on the message (taken, not routed) in two runs in a row:
+        the next start moves it to the Poison queue and nothing is sent."""
+        await self.start()
+
+        def dies(address: str) -> Any:
+            raise RuntimeError(f"categorizer dies on {address}")
+
+        self.engine.route = dies  # type: ignore[method-assign]
+        internal_id = await self.store.accept_message(NewMessage(
+            sender="alice@contoso.test", recipients=("erin@fabrikam.test",),
+            received_at=self.clock.seconds(), body=b"Subject: p\r\n\r\nx\r\n",
+            message_id="<poison@contoso.test>"))
+        self.engine.submitted(internal_id)
+        await self.settle()  # the categorizer took it and died on it
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        await self.crash_and_restart(run=False)
+        self.engine.route = dies  # type: ignore[method-assign]
+        await self.settle()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.events("POISONMESSAGE"), [])
+        await self.crash_and_restart()
+        self.assertEqual([e.message_id for e in self.events("POISONMESSAGE")],
+                         ["<poison@contoso.test>"])
+        self.assertEqual((await self.store.get_message(internal_id)).state, "poison")
+        self.assertEqual(self.fakes["HUB02"].stored, [])
+
+    async def test_message_waiting_at_two_crashes_is_routed(self):
+        """The bug the crash matrix found: two quick crashes after a restart used to send
+        every message waiting in Submission to the Poison queue."""
+        await self.start(fakes=())
+        internal_id = await self.store.accept_message(NewMessage(
+            sender="alice@contoso.test", recipients=("erin@fabrikam.test",),
+            received_at=self.clock.seconds(), body=b"Subject: w\r\n\r\nx\r\n",
+            message_id="<waiting@contoso.test>"))  # committed; the server dies at once
+        await self.crash_and_restart(run=False)  # and again before the categorizer runs
+        await self.crash_and_restart(run=False)
+        self.assertEqual((await self.store.get_message(internal_id)).crash_count, 0)
+        await self.start_fake("HUB02")
+        await self.settle()
+        self.assertEqual(self.events("POISONMESSAGE"), [])
+        self.assertEqual(len(self.fakes["HUB02"].stored), 1)
+        self.assertEqual((await self.store.get_message(internal_id)).state, "shadow")
 
 
 class EarlyDiscardTests(EngineHarness):

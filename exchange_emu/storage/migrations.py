@@ -203,6 +203,19 @@ def _v5_discard_lookup(conn: Connection) -> None:
                          "ON discard_notifications (shadow_message_id)"))
 
 
+def _v6_categorizer_batch(conn: Connection) -> None:
+    """Version 6: the messages the categorizer has taken for processing, so a crash counts
+    against those only (poison message detection) (frozen)."""
+    md = sa.MetaData(naming_convention=tables.NAMING_CONVENTION)
+    ident = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    sa.Table(
+        "categorizer_batch",
+        md,
+        sa.Column("internal_id", ident, nullable=False),
+        sa.Index("ix_categorizer_batch_internal_id", "internal_id"),
+    ).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial queue database schema", _v1_initial_schema),
     Migration(2, "transport pipeline: delivered_to, delay DSN, crash detection",
@@ -211,6 +224,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "queue identities and suspended queues (Get-Queue, Suspend-Queue)",
               _v4_admin_queues),
     Migration(5, "index discard notifications by shadow message id", _v5_discard_lookup),
+    Migration(6, "messages the categorizer is processing (poison message detection)",
+              _v6_categorizer_batch),
 )
 
 

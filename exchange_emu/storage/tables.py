@@ -80,6 +80,17 @@ messages = sa.Table(
     sqlite_autoincrement=True,
 )
 
+#: The messages the categorizer has taken for processing (its batch in progress): written in
+#: the transaction that takes the batch, deleted in the one that routes it. Exchange's poison
+#: message detection counts a crash only against the messages in process at the time, so a
+#: start after a crash counts one against each message listed here.
+categorizer_batch = sa.Table(
+    "categorizer_batch",
+    metadata,
+    sa.Column("internal_id", Id, nullable=False),
+    sa.Index("ix_categorizer_batch_internal_id", "internal_id"),
+)
+
 #: One row per recipient of a message: where it is queued and how delivery went.
 recipients = sa.Table(
     "recipients",

@@ -381,13 +381,13 @@ class Categorizer:
         while not engine.stopping and (self.pending or self.load_all):
             if self.load_all:
                 self.load_all = False
-                batch = await engine.database.read(jobs.load_submission, None)
+                batch = await engine.database.write(jobs.take_submission, None)
                 if len(batch) >= 1000:
                     self.load_all = True
             else:
                 ids = sorted(self.pending)[:1000]
                 self.pending.difference_update(ids)
-                batch = await engine.database.read(jobs.load_submission, ids)
+                batch = await engine.database.write(jobs.take_submission, ids)
             if batch:
                 await self._categorize(batch)
 

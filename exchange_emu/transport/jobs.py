@@ -22,6 +22,7 @@ from exchange_emu.storage import POISON_QUEUE, SUBMISSION_QUEUE, NewMessage
 from exchange_emu.storage import Recipient as NewRecipient
 from exchange_emu.storage.queue import accept_message
 from exchange_emu.storage.tables import (
+    categorizer_batch,
     database_info,
     discard_notifications,
     dumpster,
@@ -183,20 +184,19 @@ def start_up(conn: Connection, poison_threshold: int = 2) -> Recovery:
     """Resume after a start: every pending recipient goes back to Submission so
     it is categorized and routed afresh (the organization may have changed).
 
-    If the previous run did not stop cleanly, each message that was waiting for
-    the categorizer counts one crash; at ``poison_threshold`` it goes to the
-    Poison queue instead (Exchange's poison message detection).
+    If the previous run did not stop cleanly, each message the categorizer had
+    taken for processing (see :func:`take_submission`) counts one crash; at
+    ``poison_threshold`` it goes to the Poison queue instead (Exchange's poison
+    message detection). Messages merely waiting in a queue count nothing.
     """
     crashed = bool(conn.execute(sa.select(database_info.c.running)).scalar_one())
     conn.execute(sa.update(database_info).values(running=True))
     poisoned: list[Envelope] = []
     if crashed:
-        in_submission = sa.select(recipients.c.internal_id).where(
-            recipients.c.queue == SUBMISSION_QUEUE, recipients.c.status == READY
-        )
+        in_process = sa.select(categorizer_batch.c.internal_id)
         conn.execute(
             sa.update(messages)
-            .where(messages.c.internal_id.in_(in_submission), messages.c.state == QUEUED)
+            .where(messages.c.internal_id.in_(in_process), messages.c.state == QUEUED)
             .values(crash_count=messages.c.crash_count + 1)
         )
         rows = conn.execute(
@@ -215,6 +215,7 @@ def start_up(conn: Connection, poison_threshold: int = 2) -> Recovery:
                 .where(recipients.c.internal_id.in_(chunk), recipients.c.status.in_(PENDING))
                 .values(queue=POISON_QUEUE, status=SUSPENDED)
             )
+    conn.execute(sa.delete(categorizer_batch))  # nothing is in process before the start
     result = conn.execute(
         sa.update(recipients)
         .where(recipients.c.status.in_(PENDING), recipients.c.queue != SUBMISSION_QUEUE)
@@ -265,6 +266,23 @@ def load_submission(
     ]
 
 
+_TAKE = sa.insert(categorizer_batch)
+_RELEASE = sa.delete(categorizer_batch).where(categorizer_batch.c.internal_id.in_(_ids()))
+
+
+def take_submission(
+    conn: Connection, internal_ids: Sequence[int] | None = None, limit: int = 1000
+) -> list[Submitted]:
+    """The categorizer takes a batch from the Submission queue (as :func:`load_submission`)
+    and records, in the same transaction, that these messages are in process: a crash
+    before :func:`apply_routes` releases them counts against them (poison message
+    detection), and against no message that was merely waiting."""
+    batch = load_submission(conn, internal_ids, limit)
+    if batch:
+        conn.execute(_TAKE, [{"internal_id": s.envelope.internal_id} for s in batch])
+    return batch
+
+
 @dataclass(frozen=True)
 class RouteDecision:
     """The categorizer's verdict on one recipient."""
@@ -301,7 +319,10 @@ def apply_routes(
                                   "b_response": response})
     report = Report()
     _fail(conn, failures, now, signer, report)
-    _settle(conn, {d.internal_id for d in decisions}, now, report)
+    routed = sorted({d.internal_id for d in decisions})
+    for chunk in _chunks(routed):
+        conn.execute(_RELEASE, {"ids": list(chunk)})  # no longer in process
+    _settle(conn, routed, now, report)
     return report
 
 
