@@ -464,34 +464,17 @@ class QueueDatabase(service.Service):
                 return
 
     def _reader_loop(self, engine: Engine) -> None:
-        """Run read jobs one transaction each; like the writer, a reader keeps its
-        connection between jobs on a SQLite file and takes a fresh one after a failure."""
-        keep = engine.dialect.name == "sqlite" and not is_sqlite_memory(engine.url)
-        conn: Connection | None = None
-        try:
-            while True:
-                item = self._read_queue.get()
-                if item is _STOP:
-                    return
-                assert isinstance(item, _Job)
-                try:
-                    if conn is None:
-                        conn = engine.connect()
-                    with conn.begin():
-                        result = _materialized(item.fn(conn))
-                except Exception:
-                    failure = Failure()
-                    failure.cleanFailure()
-                    if conn is not None:
-                        with contextlib.suppress(Exception):
-                            conn.close()
-                    conn = None
-                    self._deliver([(item.deferred, failure)])
-                else:
-                    if not keep:
-                        conn.close()
-                        conn = None
-                    self._deliver([(item.deferred, result)])
-        finally:
-            if conn is not None:
-                conn.close()
+        while True:
+            item = self._read_queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, _Job)
+            try:
+                with engine.connect() as conn, conn.begin():
+                    result = _materialized(item.fn(conn))
+            except Exception:
+                failure = Failure()
+                failure.cleanFailure()
+                self._deliver([(item.deferred, failure)])
+            else:
+                self._deliver([(item.deferred, result)])
