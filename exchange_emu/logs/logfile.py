@@ -66,10 +66,14 @@ def format_timestamp(when: datetime | float) -> str:
     Accepts an aware (or naive, taken as UTC) datetime or POSIX seconds; the fraction is
     truncated to whole milliseconds, e.g. ``2026-11-28T13:00:00.000Z``.
     """
+    global _last_second, _last_moment
     if isinstance(when, datetime):
-        moment = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    global _last_second
+        # A naive datetime is UTC already; strftime once a second here too (tracking rows).
+        moment = when if when.tzinfo is None or when.tzinfo is UTC else when.astimezone(UTC)
+        key = moment.toordinal() * 86400 + moment.hour * 3600 + moment.minute * 60 + moment.second
+        if _last_moment[0] != key:
+            _last_moment = (key, moment.strftime("%Y-%m-%dT%H:%M:%S."))
+        return f"{_last_moment[1]}{moment.microsecond // 1000:03d}Z"
     frac, whole = math.modf(when)  # as datetime.fromtimestamp rounds to microseconds
     micros = round(frac * 1e6)
     if micros >= 1_000_000:
@@ -83,7 +87,8 @@ def format_timestamp(when: datetime | float) -> str:
     return f"{_last_second[1]}{ms:03d}Z"
 
 
-_last_second: tuple[int | None, str] = (None, "")
+_last_second: tuple[int | None, str] = (None, "")  # POSIX second, its strftime prefix
+_last_moment: tuple[int | None, str] = (None, "")  # seconds since 0001-01-01, its prefix
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -120,13 +125,17 @@ def parse_log_file_name(name: str, prefix: str | None = None) -> tuple[str, int]
     return match["date"], int(match["n"])
 
 
-_NEEDS_QUOTING = re.compile(r'[,"\r\n]')
-
-
 def _csv_line(values: Sequence[str]) -> str:
     """One CSV row as Exchange writes it: minimal quoting, quotes doubled, CRLF."""
-    if len(values) > 1 and not any(_NEEDS_QUOTING.search(v) for v in values):
-        return ",".join(values) + "\r\n"  # the usual row, without the csv module's cost
+    line = ",".join(values)
+    if (
+        len(values) > 1
+        and line.count(",") == len(values) - 1  # no value holds a comma
+        and '"' not in line
+        and "\r" not in line
+        and "\n" not in line
+    ):
+        return line + "\r\n"  # the usual row, without the csv module's cost
     out = io.StringIO()
     csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n").writerow(values)
     return out.getvalue()

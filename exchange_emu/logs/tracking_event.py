@@ -304,19 +304,37 @@ assert set(_ATTRIBUTES.values()) == {f.name for f in fields(TrackingEvent)}
 def event_to_row(event: TrackingEvent) -> list[str]:
     """The event's column values, in :data:`TRACKING_FIELDS` order, ready for CSV."""
     row: list[str] = []
-    for column in TRACKING_FIELDS:
-        value = getattr(event, _ATTRIBUTES[column])
-        if column == "date-time":
-            row.append(format_timestamp(value) if value is not None else "")
-        elif column in ("recipient-address", "recipient-status"):
-            row.append(";".join(value))
-        elif column in ("total-bytes", "recipient-count"):
-            row.append("" if value is None else str(value))
-        elif column == "custom-data":
-            row.append(format_custom_data(value))
+    append = row.append
+    for attribute, kind in _COLUMN_KINDS:
+        value = getattr(event, attribute)
+        if kind is None:
+            append(value)
+        elif kind == "date-time":
+            append(format_timestamp(value) if value is not None else "")
+        elif kind == "list":
+            append(";".join(value))
+        elif kind == "number":
+            append("" if value is None else str(value))
         else:
-            row.append(value)
+            append(format_custom_data(value))
     return row
+
+
+_COLUMN_KINDS: tuple[tuple[str, str | None], ...] = tuple(
+    (
+        _ATTRIBUTES[column],
+        {
+            "date-time": "date-time",
+            "recipient-address": "list",
+            "recipient-status": "list",
+            "total-bytes": "number",
+            "recipient-count": "number",
+            "custom-data": "custom-data",
+        }.get(column),
+    )
+    for column in TRACKING_FIELDS
+)
+"""Each column's event attribute and how its value is written (None: as it is)."""
 
 
 def _split_status(text: str, recipients: int) -> tuple[str, ...]:
