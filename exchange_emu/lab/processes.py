@@ -4,6 +4,7 @@ so that it can be started, stopped, and killed for real."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,14 +18,37 @@ READY_MARK = "listening on"
 """What a transport server logs once its receive connectors accept connections."""
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports that were free on 127.0.0.1 a moment ago."""
-    sockets = []
+LISTEN_PORTS_FLOOR = 10000
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
     try:
-        for _ in range(count):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports that were free on 127.0.0.1 a moment ago, chosen below the kernel's ephemeral
+    range: a port from that range can be taken by any outgoing connection (another server
+    of the same lab connecting somewhere) between this check and the server's bind."""
+    ceiling = _ephemeral_floor()
+    candidates = random.sample(range(LISTEN_PORTS_FLOOR, ceiling), ceiling - LISTEN_PORTS_FLOOR)
+    sockets: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(sockets) == count:
+                break
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             sockets.append(s)
+        if len(sockets) < count:
+            raise OSError(f"fewer than {count} free ports below {ceiling} on 127.0.0.1")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
