@@ -20,6 +20,7 @@ latency, CPU time per message and peak memory of each server process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -153,10 +154,17 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="run in DIR (created) and keep the servers' logs and queue "
+                             "databases there, for inspection")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            directory = args.keep
+        else:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         ports = dict(zip(("HUB01", "EDGE01", "SINK"), free_ports(3), strict=True))
         config = write_org(directory, ports, args.shadow == "on")
         servers = {"edge-hub": ["HUB01", "EDGE01"], "hub": ["HUB01"], "direct": []}[args.path]

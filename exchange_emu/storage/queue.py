@@ -77,6 +77,9 @@ class Recipient:
     address: str
     notify: str | None = None
     orcpt: str | None = None
+    queue: str | None = None
+    """The delivery queue the categorizer chose before the commit (categorized on receipt);
+    None: the message's queue (Submission)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,8 +283,8 @@ def accept_message(conn: Connection, new: NewMessage) -> int:
                 "internal_id": internal_id,
                 "address": r.address,
                 "status": RecipientStatus.READY.value,
-                "next_hop": None,
-                "queue": new.queue,
+                "next_hop": r.queue,
+                "queue": r.queue or new.queue,
                 "retry_count": 0,
                 "next_retry_at": None,
                 "last_response": None,

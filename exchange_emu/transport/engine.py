@@ -415,19 +415,44 @@ class Categorizer:
             jobs.apply_routes, decisions, engine.clock.seconds(), engine.signer)
         engine.report(report)
         for submitted in batch:
-            routed = hops[submitted.envelope.internal_id]
-            if len(routed) > 1:
-                engine.tracking.transferred(submitted.envelope, sorted(routed))
-            for hop in routed.values():
-                queue = engine.queue(hop)
-                internal_id = submitted.envelope.internal_id
-                if queue.status == "Retry" or queue.suspended:
-                    engine.skip_delayed_ack(internal_id, f"queue {queue.name} in "
-                                            f"{'Suspended' if queue.suspended else 'Retry'}")
-                elif len(queue.items) >= engine.settings.delayed_ack_skip_queue_length:
-                    engine.skip_delayed_ack(internal_id, f"queue {queue.name} holds "
-                                            f"{len(queue.items)} items")
-                queue.add(internal_id)
+            self._queue(submitted.envelope, hops[submitted.envelope.internal_id])
+
+    def route_on_receipt(self, addresses: Sequence[str]) -> dict[str, NextHop] | None:
+        """Categorize before the receive commit: each recipient's next hop, so that the
+        message is committed straight into its delivery queues (one transaction instead
+        of three). None when a recipient needs the Submission queue's full treatment
+        (unroutable or unknown recipients: NDRs, Unreachable) or the server is stopping."""
+        if self.engine.stopping:
+            return None
+        hops: dict[str, NextHop] = {}
+        for address in addresses:
+            route = self.engine.route(address)
+            if not isinstance(route, NextHop):
+                return None
+            hops[address] = route
+        return hops
+
+    def queue_on_receipt(self, envelope: jobs.Envelope, hops: dict[str, NextHop]) -> None:
+        """A message categorized on receipt (:meth:`route_on_receipt`) is committed: it
+        waits in its delivery queues."""
+        self._queue(envelope, {hop.name: hop for hop in hops.values()})
+
+    def _queue(self, envelope: jobs.Envelope, routed: dict[str, NextHop]) -> None:
+        """Hand a categorized message to its delivery queues (bifurcated when several);
+        delayed acknowledgement is skipped for a queue that will not deliver soon."""
+        engine = self.engine
+        internal_id = envelope.internal_id
+        if len(routed) > 1:
+            engine.tracking.transferred(envelope, sorted(routed))
+        for hop in routed.values():
+            queue = engine.queue(hop)
+            if queue.status == "Retry" or queue.suspended:
+                engine.skip_delayed_ack(internal_id, f"queue {queue.name} in "
+                                        f"{'Suspended' if queue.suspended else 'Retry'}")
+            elif len(queue.items) >= engine.settings.delayed_ack_skip_queue_length:
+                engine.skip_delayed_ack(internal_id, f"queue {queue.name} holds "
+                                        f"{len(queue.items)} items")
+            queue.add(internal_id)
 
 
 class DeliveryQueue:

@@ -3,14 +3,15 @@ and how an accepted message becomes durable.
 
 Relay control (protocol.md §9): an anonymous peer may only send to accepted
 domains; an Exchange server of the organization may relay anywhere. A message
-is acknowledged only after the commit that puts it in the Submission queue.
+is acknowledged only after the commit that puts it in the Submission queue, or,
+categorized on receipt (every recipient has a next hop), straight in its delivery queues.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -39,7 +40,10 @@ from exchange_emu.transport.delayed_ack import (
     DelayedAcknowledgement,
     format_tarpit,
 )
-from exchange_emu.transport.jobs import hand_out_discards
+from exchange_emu.transport.jobs import Envelope, hand_out_discards
+
+if TYPE_CHECKING:
+    from exchange_emu.transport.engine import Categorizer
 
 
 @implementer(IReceivePolicy)
@@ -57,6 +61,7 @@ class TransportReceivePolicy:
         on_submitted: Callable[[int], None] | None = None,
         delayed_ack: DelayedAcknowledgement | None = None,
         credentials: ServerCredentials | None = None,
+        categorizer: Categorizer | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
@@ -67,6 +72,8 @@ class TransportReceivePolicy:
         self.on_submitted = on_submitted
         self.delayed_ack = delayed_ack
         self.credentials = credentials
+        self.categorizer = categorizer
+        """Routes messages before their commit (categorized on receipt) when it can."""
         self.shadow_redundancy_enabled = (
             organization.transport.shadow_redundancy_enabled
             and server.supports_shadow_redundancy
@@ -119,10 +126,14 @@ class TransportReceivePolicy:
             return d
         session = message.session
         delayed = self._delays_acknowledgement(session)
+        hops = (self.categorizer.route_on_receipt([r.address for r in message.recipients])
+                if self.categorizer is not None else None)
         new = NewMessage(
             sender=message.sender,
             recipients=tuple(
-                StoredRecipient(r.address, r.notify, r.orcpt) for r in message.recipients
+                StoredRecipient(r.address, r.notify, r.orcpt,
+                                queue=hops[r.address].name if hops is not None else None)
+                for r in message.recipients
             ),
             body=message.body,  # type: ignore[arg-type]
             received_at=self.clock.seconds(),
@@ -149,7 +160,10 @@ class TransportReceivePolicy:
                 # F.4: committed; the 250 waits for the next hops (or the delay).
                 hold = self.delayed_ack.hold(internal_id,
                                              self.connector.max_acknowledgement_delay)
-            if self.on_submitted is not None:
+            if hops is not None and self.categorizer is not None:
+                self.categorizer.queue_on_receipt(self._envelope(message, internal_id, new),
+                                                  hops)
+            elif self.on_submitted is not None:
                 self.on_submitted(internal_id)
             if hold is None:
                 return Acceptance(internal_id, message.message_id)
@@ -164,6 +178,12 @@ class TransportReceivePolicy:
         result: Deferred[Acceptance | Reply] = self.store.accept_message(new).addCallback(
             committed)
         return result
+
+    @staticmethod
+    def _envelope(message: ReceivedMessage, internal_id: int, new: NewMessage) -> Envelope:
+        return Envelope(internal_id, message.message_id, message.sender, message.subject or "",
+                        message.size, new.source, new.received_at, new.shadow_context,
+                        new.shadow_message_id, None)
 
     def _delays_acknowledgement(self, session: SessionInfo) -> bool:
         """Scenario F: a peer that did not negotiate XSHADOW gets its 250 only once the

@@ -116,7 +116,7 @@ class TransportServer(service.MultiService):
             policy = TransportReceivePolicy(
                 organization, server, connector, self.store, clock, self.tracking_log,
                 on_submitted=self.engine.submitted, delayed_ack=self.delayed_ack,
-                credentials=self.credentials,
+                credentials=self.credentials, categorizer=self.engine.categorizer,
             )
             factory = ExchangeESMTPFactory(
                 receive_settings(server, connector, connector_tls), policy, clock,
