@@ -17,9 +17,12 @@ from twisted.trial.unittest import TestCase
 
 from exchange_emu.directory import load_organization
 from exchange_emu.smtp.server import ExchangeESMTPFactory
+from exchange_emu.logs.tracking_log import NullMessageTrackingLog
 from exchange_emu.storage import QueueDatabase, QueueStore
+from exchange_emu.transport.engine import Categorizer, TransportEngine
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
 from exchange_emu.transport.server import receive_settings
+from exchange_emu.transport.tracking import TransportTracking
 
 
 class ReceivePolicyTests(TestCase):
@@ -34,13 +37,14 @@ class ReceivePolicyTests(TestCase):
         self.addCleanup(self.db.stopService)
         self.submitted: list[int] = []
 
-    def connect(self, org_peer: bool) -> StringTransport:
+    def connect(self, org_peer: bool, categorizer: Categorizer | None = None) -> StringTransport:
         connector = self.server.receive_connectors[0]
         if not org_peer:
             connector = dataclasses.replace(connector, org_server_networks=())
         policy = TransportReceivePolicy(self.organization, self.server, connector,
                                         QueueStore(self.db), Clock(),
-                                        on_submitted=self.submitted.append)
+                                        on_submitted=self.submitted.append,
+                                        categorizer=categorizer)
         self.clock = Clock()
         factory = ExchangeESMTPFactory(receive_settings(self.server, connector), policy,
                                        self.clock)
@@ -86,6 +90,38 @@ class ReceivePolicyTests(TestCase):
         assert self.submitted == [1]
         stored = await QueueStore(self.db).get_message(1)
         assert stored.message_id == "<c@x>"
+
+    async def send(self, t: StringTransport, rcpt: str, message_id: str) -> int:
+        """One message over the session; its InternalId once the 250 came (bounded wait)."""
+        self.feed(t, f"MAIL FROM:<x@contoso.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+        t.clear()
+        self.proto.dataReceived(f"Message-ID: {message_id}\r\n\r\nbody\r\n.\r\n".encode())
+        for _ in range(100):
+            if t.value():
+                break
+            await self.db.write(lambda conn: None)
+        reply = t.value().decode()
+        assert reply.startswith(f"250 2.6.0 {message_id} [InternalId="), reply
+        return int(reply.split("InternalId=")[1].split(",")[0])
+
+    async def test_categorized_on_receipt_straight_into_its_delivery_queue(self):
+        """Every recipient has a next hop: the one receive commit puts the message in that
+        delivery queue (not Submission), and the queue has it; an unknown recipient of an
+        authoritative domain still goes through Submission (the categorizer's NDR)."""
+        engine = TransportEngine(self.organization, self.server, self.db,
+                                 TransportTracking(self.server, NullMessageTrackingLog()),
+                                 reactor, clock=Clock())
+        t = self.connect(org_peer=True, categorizer=engine.categorizer)
+        routed = await self.send(t, "erin@fabrikam.test", "<routed@x>")
+        hop = engine.route("erin@fabrikam.test")
+        stored = await QueueStore(self.db).get_message(routed)
+        assert [(r.queue, r.next_hop) for r in stored.recipients] == [(hop.name, hop.name)]
+        assert routed in engine.queues[hop.name].items
+        assert self.submitted == []
+        unknown = await self.send(t, "nobody@contoso.test", "<unknown@x>")
+        stored = await QueueStore(self.db).get_message(unknown)
+        assert [(r.queue, r.next_hop) for r in stored.recipients] == [("Submission", None)]
+        assert self.submitted == [unknown]
 
     async def test_hop_count_over_the_connector_limit_is_refused(self):
         t = self.connect(org_peer=True)
