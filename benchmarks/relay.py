@@ -100,7 +100,8 @@ class SinkPolicy:
 
 
 async def run_load(reactor: Any, first_hop: int, sink: SinkPolicy, total: int,
-                   sessions: int, size: int, timeout: float) -> dict[str, Any]:
+                   sessions: int, size: int, timeout: float,
+                   per_session: int = MESSAGES_PER_SESSION) -> dict[str, Any]:
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", first_hop)
     counter = iter(range(total))
     submitted: dict[str, float] = {}
@@ -109,7 +110,7 @@ async def run_load(reactor: Any, first_hop: int, sink: SinkPolicy, total: int,
 
     async def worker() -> None:
         while True:
-            batch = [n for _, n in zip(range(MESSAGES_PER_SESSION), counter, strict=False)]
+            batch = [n for _, n in zip(range(per_session), counter, strict=False)]
             if not batch:
                 return
             messages = [OutboundMessage("app@contoso.test", ("erin@fabrikam.test",),
@@ -154,6 +155,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--per-session", type=int, default=MESSAGES_PER_SESSION,
+                        help="messages per load session (smtp-source sends 1)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="run in DIR (created) and keep the servers' logs and queue "
                              "databases there, for inspection")
@@ -183,7 +186,8 @@ def main() -> int:
                                             interface="127.0.0.1").listen(factory)
             before = {n: (p.cpu_seconds() or 0.0) for n, p in processes.items()}
             result.update(await run_load(reactor, first_hop, sink, args.messages,
-                                         args.sessions, args.size, args.timeout))
+                                         args.sessions, args.size, args.timeout,
+                                         args.per_session))
             for n, p in processes.items():
                 cpu[n] = (p.cpu_seconds() or 0.0) - before[n]
                 peaks[n] = p.peak_memory_kib()

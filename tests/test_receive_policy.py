@@ -16,8 +16,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from exchange_emu.directory import load_organization
-from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.logs.tracking_log import NullMessageTrackingLog
+from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import QueueDatabase, QueueStore
 from exchange_emu.transport.engine import Categorizer, TransportEngine
 from exchange_emu.transport.receive_policy import TransportReceivePolicy

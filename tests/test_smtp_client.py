@@ -87,6 +87,63 @@ def test_pipelined_shadowed_session_and_repeat_while_full_xqdiscard():
     assert outcome.error is None
 
 
+def _shadowed_pipeline(bodies: list[bytes], ids: list[str]) -> tuple[Scripted, bytes]:
+    """A shadowed session with PIPELINING and CHUNKING up to its first pipeline."""
+    s = Scripted(SessionRequest("hub01.contoso.test",
+                                [message(b, i) for b, i in zip(bodies, ids, strict=True)],
+                                shadow_context=CONTEXT, query_discards=False))
+    s.server("220 edge01 ready\n")
+    s.server("250-edge01 Hello\n250-PIPELINING\n250-CHUNKING\n250 XSHADOW\n")
+    return s, s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n")
+
+
+def _mail(body: bytes, shadow_id: str) -> bytes:
+    return (f"MAIL FROM:<a@contoso.test> XSHADOW={shadow_id}\r\nRCPT TO:<b@contoso.test>\r\n"
+            f"BDAT {len(body)} LAST\r\n").encode() + body
+
+
+OK_MESSAGE = "250 2.1.0 Sender OK\n250 2.1.5 Recipient OK\n250 2.6.0 <x> Queued mail\n"
+
+
+def test_messages_of_a_shadowed_session_go_in_one_pipeline_with_bdat():
+    """PIPELINING and CHUNKING on a shadowed session: every message's MAIL, RCPT, BDAT
+    and body in one write, before any of their replies."""
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(3)]
+    s, out = _shadowed_pipeline(bodies, [ID1, ID2, ID1])
+    assert out == b"".join(_mail(b, i) for b, i in zip(bodies, [ID1, ID2, ID1], strict=True))
+    assert s.server(OK_MESSAGE * 3) == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    assert [m.accepted for m in s.outcomes[0].messages] == [True, True, True]
+
+
+def test_pipelined_message_refused_after_a_refused_one_is_sent_again_after_rset():
+    """The second message is refused; the third's replies may be the fallout of that
+    (here: MAIL 503 and nothing taken): after RSET the third goes again, alone."""
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(3)]
+    s, _ = _shadowed_pipeline(bodies, [ID1, ID2, ID1])
+    refused = "250 2.1.0 Sender OK\n550 5.1.1 Unknown\n554 5.5.1 no valid recipients\n"
+    fallout = ("503 5.5.2 Sender already specified\n503 5.5.2 Need mail command\n"
+               "503 5.5.2 Need mail command\n")
+    assert s.server(OK_MESSAGE + refused + fallout) == b"RSET\r\n"
+    assert s.server("250 2.0.0 Resetting\n") == _mail(bodies[2], ID1)
+    assert s.server(OK_MESSAGE) == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    assert [m.accepted for m in s.outcomes[0].messages] == [True, False, True]
+
+
+def test_unshadowed_session_sends_one_message_at_a_time():
+    """A peer that is not a shadowing org server gets each message's pipeline after the
+    previous one's replies."""
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(2)]
+    s = Scripted(SessionRequest("hub01.contoso.test", [message(b, None) for b in bodies]))
+    s.server("220 edge01 ready\n")
+    out = s.server("250-edge01 Hello\n250-PIPELINING\n250 CHUNKING\n")
+    assert out == (b"MAIL FROM:<a@contoso.test>\r\nRCPT TO:<b@contoso.test>\r\n"
+                   + f"BDAT {len(bodies[0])} LAST\r\n".encode() + bodies[0])
+
+
 def test_helo_fallback_and_no_xshadow_without_advertisement():
     """A peer that refuses EHLO gets HELO; without XSHADOW no shadowing starts (E.2–E.3)."""
     s = Scripted(SessionRequest("hub01", [message()], shadow_context=CONTEXT))
@@ -181,6 +238,25 @@ class LoopbackTests(TestCase):
         self.assertEqual(len(policy.stored), 2)
         self.assertTrue(policy.stored[0].body.endswith(body))
         self.assertEqual(policy.stored[1].message.shadow_message_id, ID2)
+
+    async def test_refused_recipients_do_not_lend_their_sender_to_the_next_message(self):
+        """Every recipient of a message refused, then its BDAT: the server ends that
+        transaction (RFC 3030), so the next message's MAIL is its own, not refused."""
+        policy = FakePolicy()
+        policy.refuse_recipients = {"nobody@contoso.test"}
+        settings = ServerSettings("Default EDGE01", "edge01.contoso.test", tarpit_interval=0)
+        port = await self.listen(policy, settings)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        messages = [message(b"Subject: 1\r\n\r\none\r\n", ID1, ("nobody@contoso.test",)),
+                    OutboundMessage("c@contoso.test", ("b@contoso.test",),
+                                    b"Subject: 2\r\n\r\ntwo\r\n", shadow_message_id=ID2)]
+        outcome = await send_session(endpoint, SessionRequest(
+            "hub01.contoso.test", messages, shadow_context=CONTEXT), reactor)
+        self.assertIsNone(outcome.error)
+        self.assertEqual([m.accepted for m in outcome.messages], [False, True])
+        self.assertEqual(outcome.messages[1].mail_reply.code, 250)
+        self.assertEqual([(s.message.sender, s.body.split(b"\r\n\r\n")[-1])
+                          for s in policy.stored], [("c@contoso.test", b"two\r\n")])
 
     async def test_client_to_server_with_data_when_bdat_off(self):
         policy = FakePolicy(org=False)

@@ -759,3 +759,98 @@ def test_max_messages_per_connection():
     assert out == (b"421 4.4.2 The maximum number of messages per connection has been "
                    b"reached, closing transmission channel\r\n")
     assert h.transport.disconnecting
+
+
+# -- pipelined messages: the next one is handled while the previous one commits ------------
+
+
+def _bdat_message(n: int) -> bytes:
+    body = f"Message-ID: <p{n}@contoso.test>\r\n\r\nbody {n}\r\n".encode()
+    return (b"MAIL FROM:<a@contoso.test>\r\nRCPT TO:<b@contoso.test>\r\n"
+            + f"BDAT {len(body)} LAST\r\n".encode() + body)
+
+
+def test_pipelined_messages_commit_together_and_replies_keep_their_order():
+    """Three messages pipelined with BDAT: all three reach the policy while the first commit
+    is still pending (so they can commit together), yet nothing is answered before the
+    first 250, and the replies come in command order as the commits finish."""
+    policy = FakePolicy()
+    policy.hold = True
+    h = connect(policy)
+    h.output()
+    ehlo(h)
+    out = h.feed(b"".join(_bdat_message(n) for n in range(3)))
+    assert out == b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
+    assert len(policy.held) == 3
+    policy.held[1].callback(None)  # the second commit first: its 250 waits for the first's
+    assert h.output() == b""
+    policy.held[0].callback(None)
+    lines = h.output().decode().splitlines()
+    assert lines[0].startswith("250 2.6.0 <p0@contoso.test>")
+    assert lines[1:3] == ["250 2.1.0 Sender OK", "250 2.1.5 Recipient OK"]
+    assert lines[3].startswith("250 2.6.0 <p1@contoso.test>")
+    assert lines[4:] == ["250 2.1.0 Sender OK", "250 2.1.5 Recipient OK"]
+    policy.held[2].callback(None)
+    assert h.output().startswith(b"250 2.6.0 <p2@contoso.test>")
+
+
+def test_quit_behind_a_pending_commit_waits_for_it():
+    """Only the next message's commands run ahead of a commit: QUIT is answered (and the
+    connection closed) after the 250 it follows."""
+    policy = FakePolicy()
+    policy.hold = True
+    h = connect(policy)
+    h.output()
+    ehlo(h)
+    h.feed(_bdat_message(0) + b"QUIT\r\n")
+    assert not h.transport.disconnecting
+    policy.held[0].callback(None)
+    out = h.output()
+    assert out.splitlines()[-2].startswith(b"250 2.6.0") and out.endswith(b"221 2.0.0 "
+                                                                         b"Service closing "
+                                                                         b"transmission "
+                                                                         b"channel\r\n")
+    assert h.transport.disconnecting
+
+
+def test_commits_in_flight_per_session_are_bounded():
+    from exchange_emu.smtp.server import COMMITS_AHEAD
+
+    policy = FakePolicy()
+    policy.hold = True
+    h = connect(policy, ServerSettings("Default EDGE01", "edge01.contoso.test",
+                                       max_messages_per_connection=0))
+    h.output()
+    ehlo(h)
+    h.feed(b"".join(_bdat_message(n) for n in range(COMMITS_AHEAD + 5)))
+    assert len(policy.held) == COMMITS_AHEAD
+    policy.held[0].callback(None)
+    assert len(policy.held) == COMMITS_AHEAD + 1  # one done, the next one goes ahead
+    n = 1
+    while n < len(policy.held):  # (the list grows as commits finish and others go ahead)
+        policy.held[n].callback(None)
+        n += 1
+    assert len(policy.held) == COMMITS_AHEAD + 5
+    assert h.output().count(b"250 2.6.0") == COMMITS_AHEAD + 5
+
+
+def test_closing_behind_pending_commits_sends_their_replies_first():
+    """MaxMessagesPerConnection reached by a pipelined MAIL while earlier commits are
+    pending: their 250s go out, then the 421, then the connection closes."""
+    policy = FakePolicy()
+    policy.hold = True
+    h = connect(policy, ServerSettings("Default EDGE01", "edge01.contoso.test",
+                                       max_messages_per_connection=2))
+    h.output()
+    ehlo(h)
+    out = h.feed(b"".join(_bdat_message(n) for n in range(3)))
+    assert out == b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
+    assert len(policy.held) == 2
+    assert not h.transport.disconnecting  # the 421 waits behind the two commits
+    policy.held[0].callback(None)
+    assert not h.transport.disconnecting
+    policy.held[1].callback(None)
+    lines = h.output().decode().splitlines()
+    assert [line[:9] for line in lines] == [
+        "250 2.6.0", "250 2.1.0", "250 2.1.5", "250 2.6.0", "421 4.4.2"]
+    assert h.transport.disconnecting

@@ -2,9 +2,13 @@
 
 Exact bytes of protocol.md §1–§4 and §7: Exchange's banner and EHLO list,
 ``XSHADOW``, ``MAIL … XSHADOW=``, ``XQDISCARD``, ``XEXCH50``, ``BDAT``,
-``STARTTLS``/``X-ANONYMOUSTLS``. Commands are handled strictly one after the
-other: while a reply is pending (a commit, a held delayed acknowledgement)
-later pipelined input waits in the buffer, so replies never change order.
+``STARTTLS``/``X-ANONYMOUSTLS``. Replies never change order. Commands are handled
+one after the other: while a reply is pending (a policy decision, a tarpit) later
+pipelined input waits in the buffer — except behind a message's commit (or its held
+delayed acknowledgement): a client pipelining its next messages (RFC 2920) has their
+``MAIL``, ``RCPT``, ``DATA`` and ``BDAT`` handled at once, up to :data:`COMMITS_AHEAD`
+commits in flight, so consecutive messages of a session commit together; their replies
+wait in the outbox behind the pending ``250``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import email.policy
 import itertools
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +60,13 @@ MAX_XEXCH50_BLOB = 1024 * 1024
 MAX_DISCARD_QUERY = 1000
 STEPS_PER_TURN = 25
 """Pipelined commands (or body chunks) one session handles before the others get a turn."""
+COMMITS_AHEAD = 20
+"""Messages of one session whose commits may be in flight at once (pipelined messages)."""
+OUTBOX_LIMIT = 128
+"""Replies the outbox may hold behind a pending commit before reading stops (a client
+pipelining far ahead waits; TCP back-pressure does the rest)."""
+_AHEAD_VERBS = frozenset({b"MAIL", b"RCPT", b"DATA", b"BDAT", b"RSET"})
+"""Commands handled while an earlier message's commit is pending: the next transaction's."""
 _BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
 _NOTIFY_VALUES = {"NEVER", "SUCCESS", "FAILURE", "DELAY"}
 
@@ -81,6 +93,15 @@ class _Transaction:
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+
+
+class _Slot:
+    """One reply in the outbox: known, or still waiting for its message's commit."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: Reply | None) -> None:
+        self.reply = reply
 
 
 class ExchangeESMTP(Protocol):
@@ -123,6 +144,11 @@ class ExchangeESMTP(Protocol):
         self._next_turn: IDelayedCall | None = None  # a flood waits for its next turn
         self._tarpit: IDelayedCall | None = None  # a held 5xx (TarpitInterval)
         self._auth_continuation: Callable[[str], Any] | None = None
+        self._outbox: deque[_Slot] = deque()
+        """Replies that wait, in order, behind a commit still in progress."""
+        self._commits_in_flight = 0
+        self._commit: Deferred[Any] | None = None  # the last body handed to the policy
+        self._close_when_flushed = False
 
     # -- connection -----------------------------------------------------
 
@@ -169,6 +195,7 @@ class ExchangeESMTP(Protocol):
         for timer in (self._idle_timer, self._session_timer, self._next_turn, self._tarpit):
             if timer is not None and timer.active():
                 timer.cancel()
+        self._outbox.clear()
         if self._transaction is not None and (not self._busy or self._tarpit is not None):
             self._transaction.close()  # (a Deferred of the policy may still hold it)
         self.protocol_log.disconnected()
@@ -182,7 +209,7 @@ class ExchangeESMTP(Protocol):
     def _timed_out(self) -> None:
         if self._closed or self._mode == "closing":
             return
-        if self._busy:  # a held reply is not the client's inactivity
+        if self._busy or self._outbox:  # a held reply is not the client's inactivity
             self._idle_timer = self.clock.callLater(
                 self.settings.connection_inactivity_timeout, self._timed_out
             )
@@ -194,6 +221,9 @@ class ExchangeESMTP(Protocol):
     def _close(self) -> None:
         self._mode = "closing"
         self._buffer.clear()
+        if self._outbox:  # the replies owed go out first
+            self._close_when_flushed = True
+            return
         transport: Any = self.transport
         if self._producing_for_transport:
             # A TLS transport shuts down only once no producer is registered.
@@ -204,6 +234,12 @@ class ExchangeESMTP(Protocol):
     def _send(self, reply: Reply) -> None:
         if self._closed:
             return
+        if self._outbox:
+            self._outbox.append(_Slot(reply))
+            return
+        self._write(reply)
+
+    def _write(self, reply: Reply) -> None:
         self.protocol_log.sent(reply.text.replace("\n", " / ") if len(reply.lines) > 1
                                else f"{reply.code} {reply.lines[0]}")
         self.transport.write(reply.to_bytes())  # type: ignore[union-attr]
@@ -227,6 +263,8 @@ class ExchangeESMTP(Protocol):
                      "raw": self._raw_step}
             turn = 0
             while self._buffer and not self._busy and self._mode in steps:
+                if self._outbox and not self._may_run_ahead():
+                    break  # resumed when the outbox has gone out (_flush)
                 if turn == STEPS_PER_TURN:
                     # A client pipelining without end: let every other session have
                     # its turn before this one goes on (its reading is paused till then).
@@ -239,6 +277,63 @@ class ExchangeESMTP(Protocol):
             self._processing = False
         self._flow_control()
 
+    def _may_run_ahead(self) -> bool:
+        """Behind a pending commit, go on only with the next message's commands."""
+        if self._mode != "command":
+            return True  # the body of the next message
+        if (self._commits_in_flight >= COMMITS_AHEAD or len(self._outbox) >= OUTBOX_LIMIT
+                or self._auth_continuation is not None):
+            return False
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return True  # an incomplete line: read on (a too long one is answered in order)
+        verb = bytes(self._buffer[:min(end, 5)]).split(b" ", 1)[0].rstrip(b"\r").upper()
+        return verb in _AHEAD_VERBS
+
+    def _respond_to_body(self, result: Reply | Deferred[Any] | None) -> None:
+        """The reply to a whole body: a commit in progress takes its place in the outbox and
+        later pipelined commands go on (see the module doc); anything else as usual."""
+        if not isinstance(result, Deferred) or result is not self._commit:
+            self._respond(result)
+            return
+        self._commit = None
+        slot = _Slot(None)
+        self._outbox.append(slot)
+        self._commits_in_flight += 1
+        result.addErrback(self._command_failed)
+        result.addCallback(self._committed, slot)
+
+    def _committed(self, reply: Reply, slot: _Slot) -> None:
+        self._commits_in_flight -= 1
+        delay = self._tarpit_delay(reply)
+        if delay > 0:  # as _answer would, the refusal waits its tarpit (still in order)
+            self._commits_in_flight += 1
+            self.protocol_log.info(f"Tarpit for '{_timespan(delay)}' due to '{reply}'")
+            self.clock.callLater(delay, self._committed_after_tarpit, reply, slot)
+            return
+        slot.reply = reply
+        self._flush()
+
+    def _committed_after_tarpit(self, reply: Reply, slot: _Slot) -> None:
+        self._commits_in_flight -= 1
+        slot.reply = reply
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the outbox's replies that are ready, in order; then carry on reading."""
+        while self._outbox and self._outbox[0].reply is not None:
+            reply = self._outbox.popleft().reply
+            assert reply is not None
+            if not self._closed:
+                self._write(reply)
+        if self._closed:
+            return
+        if not self._outbox and self._close_when_flushed:
+            self._close_when_flushed = False
+            self._close()
+            return
+        self._process()
+
     def _take_turn(self) -> None:
         self._next_turn = None
         if not self._closed:
@@ -250,7 +345,8 @@ class ExchangeESMTP(Protocol):
         rest)."""
         if self._closed or self._mode == "closing":
             return
-        backlog = len(self._buffer) > 1024 * 1024 and self._busy
+        waiting = self._busy or (bool(self._outbox) and not self._may_run_ahead())
+        backlog = len(self._buffer) > 1024 * 1024 and waiting
         pause = backlog or self._writes_blocked or self._next_turn is not None
         transport: Any = self.transport
         if pause and not self._paused_transport:
@@ -369,15 +465,19 @@ class ExchangeESMTP(Protocol):
     def _answer(self, reply: Reply) -> None:
         """Send a reply now or, a 5xx to an anonymous peer, after TarpitInterval (Exchange
         slows down a peer that may be abusing the connection; later input waits)."""
-        assert self.session is not None
-        interval = self.settings.tarpit_interval
-        anonymous = not self.session.org_server and self.session.authenticated_as is None
-        if reply.code >= 500 and anonymous and interval > 0:
+        interval = self._tarpit_delay(reply)
+        if interval > 0:
             self._busy = True
             self.protocol_log.info(f"Tarpit for '{_timespan(interval)}' due to '{reply}'")
             self._tarpit = self.clock.callLater(interval, self._after_tarpit, reply)
             return
         self._deliver(reply)
+
+    def _tarpit_delay(self, reply: Reply) -> float:
+        """TarpitInterval for a 5xx to an anonymous peer, else 0."""
+        assert self.session is not None
+        anonymous = not self.session.org_server and self.session.authenticated_as is None
+        return self.settings.tarpit_interval if reply.code >= 500 and anonymous else 0.0
 
     def _after_tarpit(self, reply: Reply) -> None:
         self._tarpit = None
@@ -854,7 +954,7 @@ class ExchangeESMTP(Protocol):
         self._buffer += rest
         self._mode = "command"
         self._decoder = None
-        self._respond(self._end_of_body("DOT"))
+        self._respond_to_body(self._end_of_body("DOT"))
         return True
 
     def smtp_BDAT(self, argument: str) -> Reply | None:
@@ -878,7 +978,10 @@ class ExchangeESMTP(Protocol):
         elif not transaction.recipients:
             failure = replies.NEED_RCPT
         if failure is not None or transaction is None:
-            # Read and drop the chunk so its bytes are never taken as commands.
+            # Read and drop the chunk so its bytes are never taken as commands. The
+            # transaction has failed (RFC 3030): a MAIL pipelined after it starts a new one
+            # instead of being refused and its recipients joining this sender's.
+            self._reset_transaction()
             refusal = failure or replies.BAD_SEQUENCE
             self._read_raw(size, lambda data: None, lambda: refusal)
             return None
@@ -926,7 +1029,7 @@ class ExchangeESMTP(Protocol):
         except Exception:
             log.failure("raw read completion failed")
             result = replies.LOCAL_ERROR
-        self._respond(result)
+        self._respond_to_body(result)
 
     def _end_of_body(self, stage: str) -> Reply | Deferred[Any] | None:
         """The whole body is in (after DATA's dot, or BDAT LAST): the fault plan's reply,
@@ -989,6 +1092,7 @@ class ExchangeESMTP(Protocol):
         d = maybeDeferred(self.policy.accept, message)
         d.addCallback(answer)
         d.addBoth(_passthrough_after(transaction.close))
+        self._commit = d
         return d
 
     def _trace_headers(self) -> bytes:

@@ -455,6 +455,19 @@ class Categorizer:
             queue.add(internal_id)
 
 
+class _Connection:
+    """One session slot of a delivery queue (MaxPerDomainOutboundConnections), given back
+    once, when its connection closes or, without one, when the delivery is over."""
+
+    def __init__(self, queue: DeliveryQueue) -> None:
+        self.queue: DeliveryQueue | None = queue
+
+    def close(self) -> None:
+        queue, self.queue = self.queue, None
+        if queue is not None:
+            queue._connection_closed()
+
+
 class DeliveryQueue:
     """One delivery queue (``<Server>\\<NextHopDomain>``): sessions to one next hop."""
 
@@ -531,17 +544,26 @@ class DeliveryQueue:
             self.in_flight.update(batch)
             self.sessions += 1
             self.status = "Active"
-            d = engine.track(_run(self._deliver(batch), f"delivery queue {self.name}"))
-            d.addBoth(self._session_done, batch)
+            connection = _Connection(self)
+            d = engine.track(_run(self._deliver(batch, connection),
+                                  f"delivery queue {self.name}"))
+            d.addBoth(self._session_done, batch, connection)
         later = [t for i, t in self.items.items() if i not in self.in_flight and t > now]
         if later:
             self.kick(min(later) - now)
 
-    def _session_done(self, _: object, batch: list[int]) -> None:
-        self.in_flight.difference_update(batch)
+    def _connection_closed(self) -> None:
+        """A session's connection is over: another may start for what waits meanwhile,
+        while the ended session's replies are still being recorded."""
         self.sessions -= 1
         if self.sessions == 0 and self.status == "Active":
             self.status = "Ready"
+        if any(i not in self.in_flight for i in self.items):
+            self.kick()
+
+    def _session_done(self, _: object, batch: list[int], connection: _Connection) -> None:
+        connection.close()
+        self.in_flight.difference_update(batch)
         if any(i not in self.in_flight for i in self.items):
             self.kick()
 
@@ -553,7 +575,7 @@ class DeliveryQueue:
             return s.transient_failure_retry_interval
         return s.outbound_connection_failure_retry_interval
 
-    async def _deliver(self, batch: list[int]) -> None:
+    async def _deliver(self, batch: list[int], connection: _Connection) -> None:
         engine = self.engine
         items = await engine.database.read(jobs.load_delivery, self.name, batch)
         found = {item.envelope.internal_id for item in items}
@@ -590,6 +612,7 @@ class DeliveryQueue:
             discard_max=engine.settings.xqdiscard_max_events,
         )
         outcome, target = await engine.shadow.session(self.hop, request)
+        connection.close()
         if target is None:
             await self._queue_failed(items, f"451 4.4.0 {outcome.error or 'connection failed'}")
             return
