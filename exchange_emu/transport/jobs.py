@@ -622,20 +622,45 @@ def _queue_discards(conn: Connection, envelopes: Sequence[Envelope], now: float)
 # --- shadow redundancy ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class WaitingDiscard:
+    """A discard notification waiting for its holder's ``XQDISCARD``."""
+
+    id: int
+    shadow_message_id: str
+    message_id: str
+
+
+_WAITING_FOR_CONTEXT = (
+    sa.select(discard_notifications.c.id, discard_notifications.c.shadow_message_id,
+              discard_notifications.c.internet_message_id)
+    .where(discard_notifications.c.shadow_context == sa.bindparam("b_context"))
+    .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
+    .limit(sa.bindparam("b_limit"))
+)
+_DELETE_DISCARDS = sa.delete(discard_notifications).where(
+    discard_notifications.c.id.in_(_ids()))
+
+
+def waiting_discards(conn: Connection, context: str, limit: int) -> list[WaitingDiscard]:
+    """Up to ``limit`` of ``context``'s discard notifications, oldest first (D.6)."""
+    return [WaitingDiscard(int(r.id), r.shadow_message_id, r.internet_message_id or "")
+            for r in conn.execute(_WAITING_FOR_CONTEXT, {"b_context": context,
+                                                         "b_limit": limit})]
+
+
+def delete_discards(conn: Connection, ids: Sequence[int]) -> None:
+    """Notifications handed out: gone."""
+    for chunk in _chunks(sorted(ids)):
+        conn.execute(_DELETE_DISCARDS, {"ids": list(chunk)})
+
+
 def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[str, str]]:
-    """The primary's side of ``XQDISCARD``: up to ``limit`` of ``context``'s
-    notifications, oldest first, deleted in the same transaction (D.6)."""
-    rows = conn.execute(
-        sa.select(discard_notifications.c.id, discard_notifications.c.shadow_message_id,
-                  discard_notifications.c.internet_message_id)
-        .where(discard_notifications.c.shadow_context == context)
-        .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
-        .limit(limit)
-    ).all()
-    if rows:
-        conn.execute(sa.delete(discard_notifications).where(
-            discard_notifications.c.id.in_([r.id for r in rows])))
-    return [(r.shadow_message_id, r.internet_message_id or "") for r in rows]
+    """The primary's side of ``XQDISCARD`` in one transaction: up to ``limit`` of
+    ``context``'s notifications, oldest first, deleted (D.6)."""
+    rows = waiting_discards(conn, context, limit)
+    delete_discards(conn, [r.id for r in rows])
+    return [(r.shadow_message_id, r.message_id) for r in rows]
 
 
 _SHADOWS_OF_PRIMARY = sa.select(

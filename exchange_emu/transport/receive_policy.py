@@ -40,7 +40,8 @@ from exchange_emu.transport.delayed_ack import (
     DelayedAcknowledgement,
     format_tarpit,
 )
-from exchange_emu.transport.jobs import Envelope, hand_out_discards
+from exchange_emu.transport.discard_handout import DiscardHandOut
+from exchange_emu.transport.jobs import Envelope, WaitingDiscard
 
 if TYPE_CHECKING:
     from exchange_emu.transport.engine import Categorizer
@@ -62,6 +63,7 @@ class TransportReceivePolicy:
         delayed_ack: DelayedAcknowledgement | None = None,
         credentials: ServerCredentials | None = None,
         categorizer: Categorizer | None = None,
+        discards: DiscardHandOut | None = None,
     ) -> None:
         self.organization = organization
         self.server = server
@@ -73,6 +75,8 @@ class TransportReceivePolicy:
         self.delayed_ack = delayed_ack
         self.credentials = credentials
         self.categorizer = categorizer
+        self.discards = discards or DiscardHandOut(store.db)
+        """The server's XQDISCARD hand-out (shared by its receive connectors)."""
         """Routes messages before their commit (categorized on receipt) when it can."""
         self.shadow_redundancy_enabled = (
             organization.transport.shadow_redundancy_enabled
@@ -261,14 +265,16 @@ class TransportReceivePolicy:
         except EnvelopeSyntaxError:
             holder = session.helo or session.peer_ip
 
-        def handed_out(rows: list[tuple[str, str]]) -> list[str]:
-            for shadow_id, message_id in rows:
+        def handed_out(rows: list[WaitingDiscard]) -> list[str]:
+            for row in rows:
                 self.tracking.record(TrackingEvent(
                     event_id="NOTIFYSHADOW", source="SMTP", server_hostname=self.server.fqdn,
                     client_hostname=session.helo or "", client_ip=session.peer_ip,
-                    message_id=message_id,
-                    custom_data=scenario_step("D.6", shadow_message_id=shadow_id, holder=holder),
+                    message_id=row.message_id,
+                    custom_data=scenario_step("D.6", shadow_message_id=row.shadow_message_id,
+                                              holder=holder),
                 ))
-            return [shadow_id for shadow_id, _ in rows]
+            return [row.shadow_message_id for row in rows]
 
-        return self.store.db.write(hand_out_discards, context, maximum).addCallback(handed_out)
+        return Deferred.fromCoroutine(self.discards.take(context, maximum)).addCallback(
+            handed_out)
