@@ -90,9 +90,10 @@ def test_any_value_in_a_receive_connector_key_gives_a_connector_or_one_line(key,
         outcome: Any = _load(text.encode())
     if isinstance(outcome, OrganizationFileError):
         # It names the key, or the one it goes with (certificate and private key, …).
+        # (A list's item is named with its index: auth_mechanisms[0]: …)
         named = ("TOML syntax error" in str(outcome)
-                 or any(f"receive_connectors[0].{k}:" in str(outcome)
-                        for k in RECEIVE_CONNECTOR_KEYS))
+                 or any(f"receive_connectors[0].{k}{end}" in str(outcome)
+                        for k in RECEIVE_CONNECTOR_KEYS for end in (":", "[")))
         assert named, str(outcome)
         return
     server = outcome.server("HUB01")
