@@ -895,9 +895,10 @@ def test_plain_header_blocks_are_read_directly_as_the_email_package_reads_them(b
     from exchange_emu.smtp.server import _parsed_header_facts, _plain_header_facts
 
     plain = _plain_header_facts(block)
+    lines = block.split(b"\r\n")
     folded_message_id = any(
         line.lower().startswith(b"message-id:") and following[:1] in (b" ", b"\t")
-        for line, following in zip(block.split(b"\r\n"), block.split(b"\r\n")[1:]))
+        for line, following in zip(lines, lines[1:], strict=False))
     if not folded_message_id:
         assert plain is not None
     if plain is not None:
