@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 from typing import Any
 
 import pytest
@@ -898,7 +899,7 @@ def test_plain_header_blocks_are_read_directly_as_the_email_package_reads_them(b
     lines = block.split(b"\r\n")
     folded_message_id = any(
         line.lower().startswith(b"message-id:") and following[:1] in (b" ", b"\t")
-        for line, following in zip(lines, lines[1:], strict=False))
+        for line, following in itertools.pairwise(lines))
     if not folded_message_id:
         assert plain is not None
     if plain is not None:
