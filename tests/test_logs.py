@@ -795,3 +795,18 @@ def test_a_row_the_csv_parser_rejects_is_skipped(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert [e.internal_message_id for e in read_tracking_log(path)] == ["2"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(['a', ' ', ',', '"', '\r', '\n', 'é', '\x00']),
+                        max_size=6), min_size=1, max_size=5))
+def test_log_rows_are_quoted_as_the_csv_module_quotes_them(values):
+    """The fast row writer quotes exactly as csv.writer(QUOTE_MINIMAL, CRLF) does."""
+    import csv
+    import io
+
+    from exchange_emu.logs.logfile import _csv_line
+
+    expected = io.StringIO()
+    csv.writer(expected, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n").writerow(values)
+    assert _csv_line(values) == expected.getvalue()
