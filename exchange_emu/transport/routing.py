@@ -62,6 +62,8 @@ class Router:
     def __init__(self, organization: Organization, server: Server) -> None:
         self.organization = organization
         self.server = server
+        self._by_domain: dict[str, NextHop | RoutingFailure] = {}
+        """Send-connector routes by domain: they depend on the organization file only."""
 
     def route(self, address: str) -> NextHop | RoutingFailure:
         org = self.organization
@@ -171,6 +173,14 @@ class Router:
                        shadow_capable=server.supports_shadow_redundancy)
 
     def _by_send_connector(self, domain: str) -> NextHop | RoutingFailure:
+        route = self._by_domain.get(domain)
+        if route is None:
+            if len(self._by_domain) >= 10_000:  # bounded: a flood of random domains
+                self._by_domain.clear()
+            route = self._by_domain[domain] = self._connector_route(domain)
+        return route
+
+    def _connector_route(self, domain: str) -> NextHop | RoutingFailure:
         connector = self._best_connector(domain)
         if connector is None:
             return RoutingFailure(
