@@ -20,14 +20,13 @@ latency, CPU time per message and peak memory of each server process.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from _messages import make_body
+from _workdir import add_keep_option, work_directory
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from zope.interface import implementer
@@ -157,17 +156,10 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--per-session", type=int, default=MESSAGES_PER_SESSION,
                         help="messages per load session (smtp-source sends 1)")
-    parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="run in DIR (created) and keep the servers' logs and queue "
-                             "databases there, for inspection")
+    add_keep_option(parser)
     args = parser.parse_args()
 
-    with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            directory = args.keep
-        else:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    with work_directory(args.keep) as directory:
         ports = dict(zip(("HUB01", "EDGE01", "SINK"), free_ports(3), strict=True))
         config = write_org(directory, ports, args.shadow == "on")
         servers = {"edge-hub": ["HUB01", "EDGE01"], "hub": ["HUB01"], "direct": []}[args.path]

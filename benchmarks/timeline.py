@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import csv
 import itertools
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from _postfix import postfix_tools
+from _workdir import add_keep_option, work_directory
 from relay import write_org
 
 from exchange_emu.lab.processes import ServerProcess, free_ports
@@ -111,15 +110,9 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="run in DIR (created) and keep the servers' logs there")
+    add_keep_option(parser)
     args = parser.parse_args()
-    with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            directory = args.keep
-        else:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(dir="/var/tmp")))
+    with work_directory(args.keep) as directory:
         result = run(directory, args.messages, args.sessions, args.size, args.timeout)
     print(f"{result['messages']} messages of {args.size} bytes over {result['sessions']} "
           f"smtp-source sessions: {result['messages'] / result['seconds']:.0f} msg/s "

@@ -774,15 +774,22 @@ def _bdat_message(n: int) -> bytes:
             + f"BDAT {len(body)} LAST\r\n".encode() + body)
 
 
+def _held_session(max_messages: int = 20) -> tuple[FakePolicy, Any]:
+    """A session (after EHLO) whose policy holds every commit until the test fires it."""
+    policy = FakePolicy()
+    policy.hold = True
+    h = connect(policy, ServerSettings("Default EDGE01", "edge01.contoso.test",
+                                       max_messages_per_connection=max_messages))
+    h.output()
+    ehlo(h)
+    return policy, h
+
+
 def test_pipelined_messages_commit_together_and_replies_keep_their_order():
     """Three messages pipelined with BDAT: all three reach the policy while the first commit
     is still pending (so they can commit together), yet nothing is answered before the
     first 250, and the replies come in command order as the commits finish."""
-    policy = FakePolicy()
-    policy.hold = True
-    h = connect(policy)
-    h.output()
-    ehlo(h)
+    policy, h = _held_session()
     out = h.feed(b"".join(_bdat_message(n) for n in range(3)))
     assert out == b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
     assert len(policy.held) == 3
@@ -801,11 +808,7 @@ def test_pipelined_messages_commit_together_and_replies_keep_their_order():
 def test_quit_behind_a_pending_commit_waits_for_it():
     """Only the next message's commands run ahead of a commit: QUIT is answered (and the
     connection closed) after the 250 it follows."""
-    policy = FakePolicy()
-    policy.hold = True
-    h = connect(policy)
-    h.output()
-    ehlo(h)
+    policy, h = _held_session()
     h.feed(_bdat_message(0) + b"QUIT\r\n")
     assert not h.transport.disconnecting
     policy.held[0].callback(None)
@@ -820,12 +823,7 @@ def test_quit_behind_a_pending_commit_waits_for_it():
 def test_commits_in_flight_per_session_are_bounded():
     from exchange_emu.smtp.server import COMMITS_AHEAD
 
-    policy = FakePolicy()
-    policy.hold = True
-    h = connect(policy, ServerSettings("Default EDGE01", "edge01.contoso.test",
-                                       max_messages_per_connection=0))
-    h.output()
-    ehlo(h)
+    policy, h = _held_session(max_messages=0)
     h.feed(b"".join(_bdat_message(n) for n in range(COMMITS_AHEAD + 5)))
     assert len(policy.held) == COMMITS_AHEAD
     policy.held[0].callback(None)
@@ -841,12 +839,7 @@ def test_commits_in_flight_per_session_are_bounded():
 def test_closing_behind_pending_commits_sends_their_replies_first():
     """MaxMessagesPerConnection reached by a pipelined MAIL while earlier commits are
     pending: their 250s go out, then the 421, then the connection closes."""
-    policy = FakePolicy()
-    policy.hold = True
-    h = connect(policy, ServerSettings("Default EDGE01", "edge01.contoso.test",
-                                       max_messages_per_connection=2))
-    h.output()
-    ehlo(h)
+    policy, h = _held_session(max_messages=2)
     out = h.feed(b"".join(_bdat_message(n) for n in range(3)))
     assert out == b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
     assert len(policy.held) == 2
