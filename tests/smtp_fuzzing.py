@@ -11,6 +11,7 @@ bytes give the same replies and the same messages however they are cut into pack
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -80,15 +81,36 @@ def logged_failures() -> Iterator[list[dict[str, Any]]]:
         globalLogPublisher.removeObserver(observe)
 
 
-def run_session(pieces: Sequence[bytes], org: bool = True) -> Outcome:
-    """Feed ``pieces`` one ``dataReceived`` each; then the connection is lost."""
+def run_session(pieces: Sequence[bytes], org: bool = True,
+                commits: random.Random | None = None) -> Outcome:
+    """Feed ``pieces`` one ``dataReceived`` each; then the connection is lost.
+
+    With ``commits``, every commit is held and they finish in an order ``commits`` shuffles,
+    a few after each piece and the rest at the end: pipelined messages then run ahead of
+    pending commits (the server's outbox), which must change nothing the client sees.
+    """
     clock = Clock()
     clock.advance(NOW)
     policy = FakePolicy(org=org)
+    policy.hold = commits is not None
     factory = ExchangeESMTPFactory(SETTINGS, policy, clock)
     proto = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=_addr("127.0.0.1", 50000),
                                 hostAddress=_addr("127.0.0.1", 25))
+
+    def finish_some(everything: bool) -> None:
+        assert commits is not None
+        while True:
+            pending = [d for d in policy.held if not d.called]
+            if not pending:
+                return
+            commits.shuffle(pending)
+            for d in pending[:None if everything else commits.randint(0, len(pending))]:
+                d.callback(None)
+                run_due_calls(clock)
+            if not everything:
+                return
+
     with logged_failures() as failures:
         proto.makeConnection(transport)
         for piece in pieces:
@@ -96,6 +118,10 @@ def run_session(pieces: Sequence[bytes], org: bool = True) -> Outcome:
                 break
             proto.dataReceived(piece)
             run_due_calls(clock)
+            if commits is not None:
+                finish_some(everything=False)
+        if commits is not None:
+            finish_some(everything=True)
         closed = bool(transport.disconnecting)
         proto.connectionLost(None)
     assert not failures, failures

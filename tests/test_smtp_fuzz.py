@@ -49,6 +49,15 @@ def test_any_bytes_in_any_pieces_keep_the_invariants(data, points, org):
 
 
 @FUZZ
+@given(streams, cut_points, st.booleans(), st.randoms(use_true_random=False))
+def test_commits_finishing_late_and_out_of_order_change_nothing(data, points, org, commits):
+    """Pipelined messages handled while earlier commits are pending (the outbox): whatever
+    order and moment the commits finish in, the replies and messages are those of commits
+    that finish at once."""
+    assert run_session(cut(data, points), org, commits=commits) == run_session([data], org)
+
+
+@FUZZ
 @given(streams, st.booleans())
 def test_byte_by_byte_is_the_same_as_all_at_once(data, org):
     """The hardest cut: one byte per packet (an end of data or a BDAT size split
