@@ -144,6 +144,43 @@ def test_unshadowed_session_sends_one_message_at_a_time():
                    + f"BDAT {len(bodies[0])} LAST\r\n".encode() + bodies[0])
 
 
+def test_next_message_goes_in_the_same_write_as_a_data_body():
+    """A peer with PIPELINING but no CHUNKING: the next message's MAIL, RCPT and DATA
+    follow the previous body's end in one write; nothing is sent before its 354."""
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(2)]
+    s = Scripted(SessionRequest("hub01.contoso.test", [message(b, None) for b in bodies]))
+    s.server("220 sink ready\n")
+    commands = b"MAIL FROM:<a@contoso.test>\r\nRCPT TO:<b@contoso.test>\r\nDATA\r\n"
+    assert s.server("250-sink Hello\n250 PIPELINING\n") == commands
+    go = "250 2.1.0 Sender OK\n250 2.1.5 Recipient OK\n354 go\n"
+    assert s.server(go) == dot_stuff(bodies[0]) + commands
+    assert s.server("250 2.6.0 queued\n") == b""
+    assert s.server(go) == dot_stuff(bodies[1])
+    assert s.server("250 2.6.0 queued\n") == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    assert [m.accepted for m in s.outcomes[0].messages] == [True, True]
+
+
+def test_message_refused_before_its_body_is_reset_before_the_next_one():
+    """No recipient taken: DATA is refused, RSET ends what the peer may keep of that
+    transaction, and only then do the next message's commands go."""
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(2)]
+    s = Scripted(SessionRequest("hub01.contoso.test", [message(b, None) for b in bodies]))
+    s.server("220 sink ready\n")
+    s.server("250-sink Hello\n250 PIPELINING\n")
+    out = s.server("250 2.1.0 Sender OK\n550 5.1.1 Unknown\n554 5.5.1 no valid recipients\n")
+    assert out == b"RSET\r\n"
+    assert s.server("250 2.0.0 Resetting\n") == (
+        b"MAIL FROM:<a@contoso.test>\r\nRCPT TO:<b@contoso.test>\r\nDATA\r\n")
+    assert s.server("250 2.1.0 Sender OK\n250 2.1.5 Recipient OK\n354 go\n") == dot_stuff(
+        bodies[1])
+    assert s.server("250 2.6.0 queued\n") == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    assert [m.accepted for m in s.outcomes[0].messages] == [False, True]
+
+
 def test_helo_fallback_and_no_xshadow_without_advertisement():
     """A peer that refuses EHLO gets HELO; without XSHADOW no shadowing starts (E.2–E.3)."""
     s = Scripted(SessionRequest("hub01", [message()], shadow_context=CONTEXT))
@@ -257,6 +294,27 @@ class LoopbackTests(TestCase):
         self.assertEqual(outcome.messages[1].mail_reply.code, 250)
         self.assertEqual([(s.message.sender, s.body.split(b"\r\n\r\n")[-1])
                           for s in policy.stored], [("c@contoso.test", b"two\r\n")])
+
+    async def test_data_messages_pipelined_into_our_server_keep_their_envelopes(self):
+        """DATA, three messages, the second one's only recipient refused: our server (its
+        outbox running the next message ahead of a commit) stores the first and third, each
+        with its own sender, once."""
+        policy = FakePolicy()
+        policy.refuse_recipients = {"nobody@contoso.test"}
+        settings = ServerSettings("Default EDGE01", "edge01.contoso.test", tarpit_interval=0)
+        port = await self.listen(policy, settings)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        messages = [OutboundMessage(f"s{n}@contoso.test", (rcpt,),
+                                    f"Subject: {n}\r\n\r\nbody {n}\r\n".encode())
+                    for n, rcpt in enumerate(("b@contoso.test", "nobody@contoso.test",
+                                              "b@contoso.test"))]
+        outcome = await send_session(endpoint, SessionRequest(
+            "hub01.contoso.test", messages, use_bdat=False), reactor)
+        self.assertIsNone(outcome.error)
+        self.assertEqual([m.accepted for m in outcome.messages], [True, False, True])
+        self.assertEqual([(s.message.sender, s.body.split(b"\r\n\r\n")[-1])
+                          for s in policy.stored],
+                         [("s0@contoso.test", b"body 0\r\n"), ("s2@contoso.test", b"body 2\r\n")])
 
     async def test_client_to_server_with_data_when_bdat_off(self):
         policy = FakePolicy(org=False)

@@ -311,6 +311,8 @@ class _Conversation:
                 await self.xshadow()
             if self._pipelines_messages():
                 await self.send_pipelined(self.request.messages)
+            elif self._pipelines_data():
+                await self.send_data_pipelined(self.request.messages)
             else:
                 for message in self.request.messages:
                     started = self.clock.seconds()
@@ -489,6 +491,61 @@ class _Conversation:
                 and "CHUNKING" in keywords
                 and not ("XEXCH50" in keywords
                          and any(m.xexch50 is not None for m in self.request.messages)))
+
+    def _pipelines_data(self) -> bool:
+        """Several messages to a peer offering PIPELINING that gets them with DATA (no
+        CHUNKING, or BDAT not wanted), none needing XEXCH50 or BINARYMIME."""
+        keywords = self.outcome.keywords
+        bdat = self.request.use_bdat and "CHUNKING" in keywords
+        return (len(self.request.messages) > 1 and self.request.use_pipelining
+                and "PIPELINING" in keywords and not bdat
+                and all(m.body_type != "BINARYMIME" for m in self.request.messages)
+                and not ("XEXCH50" in keywords
+                         and any(m.xexch50 is not None for m in self.request.messages)))
+
+    def _data_commands(self, message: OutboundMessage) -> list[str]:
+        shadowed = self.outcome.shadowed and message.shadow_message_id is not None
+        return [self._mail_command(message, shadowed),
+                *(self._rcpt_command(message, r) for r in message.recipients), "DATA"]
+
+    async def send_data_pipelined(self, messages: Sequence[OutboundMessage]) -> None:
+        """Each message's ``MAIL``, ``RCPT``… and ``DATA`` go in the same write as the
+        previous message's body (RFC 2920: after the end of data, the next transaction's
+        commands may follow): a round trip per message fewer. Safe with any peer: no body
+        goes out before its ``354``, and a message refused before its body is ended with
+        ``RSET`` before the next one's commands are sent."""
+        out = self.outcome
+        self.proto.send(*self._data_commands(messages[0]))
+        sent_at = self.clock.seconds()
+        for index, message in enumerate(messages):
+            following = messages[index + 1] if index + 1 < len(messages) else None
+            result = MessageOutcome(
+                message, shadowed=out.shadowed and message.shadow_message_id is not None)
+            result.mail_reply = await self.read()
+            for rcpt in message.recipients:
+                result.recipient_replies[rcpt] = await self.read()
+            go_ahead = await self.read()
+            started, next_sent_at = sent_at, None
+            if go_ahead.code == 354 and any(r.positive for r in
+                                            result.recipient_replies.values()):
+                self.proto.send_raw(dot_stuff(message.body))
+                if following is not None:  # the end of data ends this transaction
+                    self.proto.send(*self._data_commands(following))
+                    next_sent_at = self.clock.seconds()
+                result.data_reply = await self.read()
+            else:
+                if go_ahead.code == 354:  # nobody to deliver to, yet the peer wants a body
+                    self.proto.send_raw(b".\r\n")
+                    await self.read()
+                result.data_reply = go_ahead
+                await self.command("RSET")  # (MAIL may have been taken: end it)
+                if following is not None:
+                    self.proto.send(*self._data_commands(following))
+                    next_sent_at = self.clock.seconds()
+            result.finished_at = self.clock.seconds()
+            result.elapsed = result.finished_at - started
+            out.messages.append(result)
+            sent_at = next_sent_at if next_sent_at is not None else sent_at
 
     async def send_pipelined(self, messages: Sequence[OutboundMessage]) -> None:
         """Every message's commands and body in one pipeline, then their replies in order.
