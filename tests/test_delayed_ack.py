@@ -8,11 +8,19 @@ from typing import Any
 
 from test_transport_engine import EngineHarness
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import QueueStore
-from exchange_emu.transport.delayed_ack import DelayedAcknowledgement, format_tarpit
+from exchange_emu.storage.queue import shadow_primaries
+from exchange_emu.transport import jobs
+from exchange_emu.transport.delayed_ack import (
+    AckOutcome,
+    DelayedAcknowledgement,
+    format_tarpit,
+)
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
 from exchange_emu.transport.routing import RoutingFailure
 from exchange_emu.transport.server import receive_settings
@@ -23,6 +31,39 @@ ACK_DELAY = 3.0  # chain_org's MaxAcknowledgementDelay
 def test_tarpit_time_is_a_dotnet_timespan():
     assert format_tarpit(25.6394) == "0.00:00:25.639"
     assert format_tarpit(90061.5) == "1.01:01:01.500"
+
+
+def _envelope(internal_id: int) -> jobs.Envelope:
+    return jobs.Envelope(internal_id, f"<{internal_id}@t>", "a@t", "", 1, "SMTP", 0.0,
+                         None, None)
+
+
+def test_the_hold_waits_for_the_discard_of_every_next_hop():
+    """F.7 needs the discards of all next hops; the last one names the held message."""
+    holds = DelayedAcknowledgement(Clock())
+    outcomes: list[AckOutcome] = []
+    holds.hold(7, 30.0).addCallback(outcomes.append)
+    holds.await_discard(_envelope(7), "HUB01", "s1")
+    holds.await_discard(_envelope(7), "HUB02", "s2")
+    assert holds.discarded("HUB01", "s1") is None
+    assert holds.discarded("HUB01", "s1") is None  # the same notification again: nothing
+    assert holds.discarded("HUB02", "unknown") is None
+    last = holds.discarded("HUB02", "s2")
+    assert last is not None and last.internal_id == 7
+    assert outcomes == [] and holds.held(7)  # the caller decides whether to release
+
+
+def test_a_taken_back_copy_no_longer_counts_and_a_resolved_hold_forgets_its_copies():
+    holds = DelayedAcknowledgement(Clock())
+    holds.hold(7, 30.0)
+    holds.await_discard(_envelope(7), "HUB01", "s1")
+    holds.stop_awaiting("HUB01")  # resubmitted elsewhere: HUB01's discard proves nothing
+    assert holds.discarded("HUB01", "s1") is None
+    holds.hold(8, 30.0)
+    holds.await_discard(_envelope(8), "HUB01", "s2")
+    holds.resolve(8, "Expired")
+    assert holds.discarded("HUB01", "s2") is None
+    assert holds._by_shadow == {}
 
 
 class DelayedAckTests(EngineHarness):
@@ -91,6 +132,39 @@ class DelayedAckTests(EngineHarness):
         assert 0 < held <= self.clock.seconds() - sent_at
         steps = [s for e in self.log.events for s in e.steps]
         assert steps.index("F.6") < steps.index("F.7") < steps.index("F.8")
+
+    async def test_the_250_goes_out_before_the_deletion_commits(self):
+        """F.7 before F.8: the message is durably queued and has reached its next hop
+        once the discard comes back, so the 250 does not wait for the delete's commit."""
+        await self.start_with_client()
+        gate: Deferred[None] = Deferred()
+        write = self.engine.database.write
+
+        def gated_write(job: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            if job is not jobs.apply_discards:
+                return write(job, *args, **kwargs)
+            return gate.addCallback(lambda _: write(job, *args, **kwargs))
+
+        self.engine.database.write = gated_write  # type: ignore[method-assign]
+        await self.send()
+        stored = self.fakes["HUB02"].stored[0].message
+        self.fakes["HUB02"].discards[stored.session.shadow_context] = [
+            stored.shadow_message_id]
+        for _ in range(100):  # bounded: the discard query runs while the delete waits
+            if self.reply():
+                break
+            self.clock.advance(0.05)
+            await self.db.write(lambda conn: None)
+        assert self.reply().startswith(b"250 2.6.0 ")
+        assert self.protocol_log[-1].endswith("due to 'DelayedAck',Delivered")
+        steps = [s for e in self.log.events for s in e.steps]
+        assert "F.7" in steps and "D.7" not in steps and "F.8" not in steps
+        assert await self.db.read(shadow_primaries) == {"HUB02": 1}  # not deleted yet
+        gate.callback(None)
+        await self.settle()
+        assert await self.db.read(shadow_primaries) == {}
+        rows = [(e.event_id, e.steps) for e in self.log.events if e.steps]
+        assert rows[-2:] == [("RECEIVE", ("F.7",)), ("HADISCARD", ("D.7", "F.8"))]
 
     async def test_expired_after_max_acknowledgement_delay_exactly(self):
         await self.start_with_client()

@@ -9,9 +9,13 @@ The message is already committed; the hold only delays the reply.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+if TYPE_CHECKING:
+    from exchange_emu.transport.jobs import Envelope
 
 DELIVERED = "Delivered"
 EXPIRED = "Expired"
@@ -25,6 +29,8 @@ class AckOutcome:
     outcome: str
     held: float
     reason: str = ""
+    deleted: bool = False
+    """Delivered, and the message is already gone from this server (F.8 happened first)."""
 
     def tarpit_line(self) -> str:
         """Exchange's SmtpReceive information line for the hold."""
@@ -46,6 +52,9 @@ class _Hold:
         self.d = d
         self.started = started
         self.timer = timer
+        self.shadows: set[tuple[str, str]] = set()
+        """(primary, shadow message id) of the copies whose discard notification is awaited."""
+        self.envelope: Envelope | None = None
 
 
 class DelayedAcknowledgement:
@@ -54,6 +63,7 @@ class DelayedAcknowledgement:
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self._holds: dict[int, _Hold] = {}
+        self._by_shadow: dict[tuple[str, str], int] = {}
 
     def hold(self, internal_id: int, max_delay: float) -> Deferred[AckOutcome]:
         """F.4: hold the acknowledgement of a committed message (at most ``max_delay``)."""
@@ -69,14 +79,44 @@ class DelayedAcknowledgement:
     def waiting(self) -> frozenset[int]:
         return frozenset(self._holds)
 
-    def resolve(self, internal_id: int, outcome: str, reason: str = "") -> None:
+    def await_discard(self, envelope: Envelope, primary: str, shadow_message_id: str) -> None:
+        """F.5: the held message is shadowed at ``primary``; F.7 needs its discard."""
+        hold = self._holds.get(envelope.internal_id)
+        if hold is not None:
+            hold.shadows.add((primary, shadow_message_id))
+            hold.envelope = envelope
+            self._by_shadow[(primary, shadow_message_id)] = envelope.internal_id
+
+    def discarded(self, primary: str, shadow_message_id: str) -> Envelope | None:
+        """F.6: ``primary``'s discard notification for a shadow copy came back. Returns
+        the held message when that was the last discard it awaited."""
+        internal_id = self._by_shadow.pop((primary, shadow_message_id), None)
+        hold = self._holds.get(internal_id) if internal_id is not None else None
+        if hold is None:
+            return None
+        hold.shadows.discard((primary, shadow_message_id))
+        return None if hold.shadows else hold.envelope
+
+    def stop_awaiting(self, primary: str) -> None:
+        """The holder took the copies at ``primary`` back (resubmission): its discards no
+        longer show that those messages reached their next hops."""
+        for shadow in [s for s in self._by_shadow if s[0] == primary]:
+            hold = self._holds.get(self._by_shadow.pop(shadow))
+            if hold is not None:
+                hold.shadows.discard(shadow)
+
+    def resolve(self, internal_id: int, outcome: str, reason: str = "",
+                deleted: bool = False) -> None:
         """End the hold of ``internal_id`` (nothing happens if it is not held)."""
         hold = self._holds.pop(internal_id, None)
         if hold is None:
             return
         if hold.timer.active():
             hold.timer.cancel()
-        hold.d.callback(AckOutcome(outcome, self.clock.seconds() - hold.started, reason))
+        for shadow in hold.shadows:
+            self._by_shadow.pop(shadow, None)
+        hold.d.callback(AckOutcome(outcome, self.clock.seconds() - hold.started, reason,
+                                   deleted))
 
     def release_all(self, outcome: str = EXPIRED) -> None:
         """Stopping: acknowledge whatever is held."""

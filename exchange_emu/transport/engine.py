@@ -290,6 +290,11 @@ class TransportEngine(service.Service):
                     + b"\x00" + self.server.fqdn.encode())
         return None
 
+    def still_to_deliver(self, internal_id: int) -> bool:
+        """Is the message waiting in Submission or in a delivery queue (in memory)?"""
+        return internal_id in self.categorizer.pending or any(
+            internal_id in queue.items for queue in self.queues.values())
+
     def skip_delayed_ack(self, internal_id: int, reason: str) -> None:
         """protocol.md §6: the message cannot reach its next hops soon; acknowledge now."""
         if self.delayed_ack is not None:
@@ -304,7 +309,7 @@ class TransportEngine(service.Service):
             self.categorizer.add([new_id])
         for settled in report.settled:
             if settled.deleted and self.delayed_ack is not None:
-                self.delayed_ack.resolve(settled.envelope.internal_id, DELIVERED)
+                self.delayed_ack.resolve(settled.envelope.internal_id, DELIVERED, deleted=True)
             if settled.discard_queued:
                 scenario = scenario_for_discard if settled.shadowed or scenario_for_discard == (
                     "C.3") else "E.6"
@@ -685,6 +690,7 @@ class DeliveryQueue:
             engine.tracking.shadow_created(envelope, primary or "", shadow_id,
                                            when=finished.get(envelope.internal_id))
             if primary and engine.delayed_ack and engine.delayed_ack.held(envelope.internal_id):
+                engine.delayed_ack.await_discard(envelope, primary, shadow_id)
                 engine.shadow.expedite(primary, envelope.internal_id)
         early = engine.shadow.early_discards.get(primary or "", {})
         arrived = [shadow_id for _, shadow_id in report.shadows_added if shadow_id in early]
@@ -969,6 +975,8 @@ class ShadowRedundancy:
         """Take ownership of every shadow copy kept for ``primary`` and resubmit it."""
         engine = self.engine
         envelopes = await engine.database.write(jobs.take_ownership, primary)
+        if engine.delayed_ack is not None:
+            engine.delayed_ack.stop_awaiting(primary)
         for envelope in envelopes:
             engine.tracking.resubmitted(envelope, primary, reason)
         if envelopes:
@@ -978,8 +986,12 @@ class ShadowRedundancy:
 
     async def apply_discards(self, primary: str, shadow_ids: Sequence[str],
                              queried_at: float) -> None:
-        """D.5–D.7: the primary handed over discard notifications; drop those shadows."""
+        """D.5–D.7: the primary handed over discard notifications; drop those shadows.
+        F.7 comes first: a held 250 whose last awaited discard this is goes out now, as
+        the message is durably queued here and has reached its next hops; its deletion
+        (D.7, F.8) follows when the write commits."""
         engine = self.engine
+        acknowledged = self._acknowledge_held(primary, shadow_ids, queried_at)
         dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
         matched = {shadow_id for _, _, _, shadow_id in dropped}
         early = self.early_discards.setdefault(primary, {})
@@ -993,14 +1005,35 @@ class ShadowRedundancy:
             if now - seen > EARLY_DISCARD_TTL:
                 del early[shadow_id]
         for envelope, deleted, handed, _shadow_id in dropped:
-            held = engine.delayed_ack is not None and engine.delayed_ack.held(
-                envelope.internal_id)
-            engine.tracking.discard_queried(envelope, primary, queried_at, delayed_ack=held)
+            if envelope.internal_id not in acknowledged:
+                held = engine.delayed_ack is not None and engine.delayed_ack.held(
+                    envelope.internal_id)
+                engine.tracking.discard_queried(envelope, primary, queried_at,
+                                                delayed_ack=held)
+                if deleted and engine.delayed_ack is not None:
+                    engine.delayed_ack.resolve(envelope.internal_id, DELIVERED,
+                                               deleted=True)  # F.7, F.8
             engine.tracking.shadow_discarded(
                 envelope, primary, delivered_to_mailboxes=self._delivers_to_mailboxes(
-                    primary, handed))
-            if deleted and engine.delayed_ack is not None:
-                engine.delayed_ack.resolve(envelope.internal_id, DELIVERED)  # F.7
+                    primary, handed),
+                acknowledged_before=deleted and envelope.internal_id in acknowledged)
+
+    def _acknowledge_held(self, primary: str, shadow_ids: Sequence[str],
+                          queried_at: float) -> dict[int, jobs.Envelope]:
+        """F.6, F.7: send the held 250s that were waiting for these discards only."""
+        engine = self.engine
+        ack = engine.delayed_ack
+        acknowledged: dict[int, jobs.Envelope] = {}
+        if ack is None:
+            return acknowledged
+        for shadow_id in shadow_ids:
+            envelope = ack.discarded(primary, shadow_id)
+            if envelope is None or engine.still_to_deliver(envelope.internal_id):
+                continue
+            engine.tracking.discard_queried(envelope, primary, queried_at, delayed_ack=True)
+            ack.resolve(envelope.internal_id, DELIVERED)
+            acknowledged[envelope.internal_id] = envelope
+        return acknowledged
 
     def _delivers_to_mailboxes(self, primary: str, addresses: Sequence[str]) -> bool:
         """Did ``primary`` take these recipients for mailboxes of its own site (scenario

@@ -202,8 +202,10 @@ class TransportReceivePolicy:
 
     def _track_acknowledged(self, message: ReceivedMessage, internal_id: int,
                             outcome: AckOutcome) -> None:
-        """F.7: the held 250 goes out; F.8: (Delivered) the message is gone from here."""
-        steps = ("F.7", "F.8") if outcome.outcome == DELIVERED else ("F.7",)
+        """F.7: the held 250 goes out (with F.8 when the message is already gone from
+        here; otherwise F.8 is the row of its deletion, after the 250)."""
+        steps = ("F.7", "F.8") if outcome.outcome == DELIVERED and outcome.deleted else (
+            "F.7",)
         extra = {"delayed_ack": outcome.outcome, "tarpit": format_tarpit(outcome.held)}
         if outcome.reason:
             extra["reason"] = outcome.reason

@@ -147,12 +147,15 @@ class TransportTracking:
             custom_data=scenario_steps(*steps, primary=primary)))
 
     def shadow_discarded(self, envelope: Envelope, primary: str, reason: str = "discard",
-                         delivered_to_mailboxes: bool = False) -> None:
+                         delivered_to_mailboxes: bool = False,
+                         acknowledged_before: bool = False) -> None:
         """D.7: the holder deletes its shadow copy (C.4 too, when the primary delivered
-        it to mailboxes)."""
+        it to mailboxes; F.8 when this deletes a message whose held 250 went out)."""
         steps: tuple[str, ...] = ()
         if reason == "discard":
             steps = ("D.7", "C.4") if delivered_to_mailboxes else ("D.7",)
+            if acknowledged_before:
+                steps += ("F.8",)
         self._row("HADISCARD", "SMTP", envelope, steps, primary=primary, reason=reason)
 
     def resubmitted(self, envelope: Envelope, primary: str, reason: str) -> None:
