@@ -87,6 +87,23 @@ def test_pipelined_shadowed_session_and_repeat_while_full_xqdiscard():
     assert outcome.error is None
 
 
+def test_discards_are_handed_over_as_each_xqdiscard_reply_arrives():
+    """F.6: the caller hears of each discard batch at once, not when the session ends."""
+    heard: list[tuple[list[str], float]] = []
+    s = Scripted(SessionRequest("hub01.contoso.test", shadow_context=CONTEXT, discard_max=1,
+                                on_discards=lambda ids, at: heard.append((list(ids), at))))
+    s.clock.advance(7)
+    s.server("220 edge01 ready\n")
+    s.server("250-edge01 Hello\n250-PIPELINING\n250 XSHADOW\n")
+    assert s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n") == b"XQDISCARD 1\r\n"
+    assert s.server(f"250 {ID1}\n") == b"XQDISCARD 1\r\n"
+    assert heard == [([ID1], 7.0)]
+    s.server(f"250 {ID2}\n")
+    assert heard == [([ID1], 7.0), ([ID2], 7.0)] and s.outcomes == []  # session still open
+    assert s.server("251 OK, no discard events\n") == b"QUIT\r\n"
+    assert len(heard) == 2  # an empty reply hands over nothing
+
+
 def _shadowed_pipeline(bodies: list[bytes], ids: list[str]) -> tuple[Scripted, bytes]:
     """A shadowed session with PIPELINING and CHUNKING up to its first pipeline."""
     s = Scripted(SessionRequest("hub01.contoso.test",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,9 @@ class SessionRequest:
     """Send ``XSHADOW <context>`` when the peer advertises it (we become shadow holder)."""
     query_discards: bool = True
     discard_max: int = 50
+    on_discards: Callable[[Sequence[str], float], None] | None = None
+    """Called with each XQDISCARD reply's shadow message ids (and when the query was
+    sent) as it arrives, before the session ends."""
     tls: Any = None
     """A client TLS connection creator: STARTTLS when the peer offers it."""
     require_tls: bool = False
@@ -606,6 +609,8 @@ class _Conversation:
                 out.error = "malformed shadow message id in XQDISCARD reply"
                 return False
             out.discards.extend(ids)
+            if ids and self.request.on_discards is not None:
+                self.request.on_discards(ids, out.discards_queried_at)
             if len(ids) < maximum:
                 break
         out.discard_query = "ok"

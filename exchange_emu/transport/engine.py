@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -817,6 +818,8 @@ class ShadowRedundancy:
         self.last_attempt: dict[str, float] = {}
         self.expedited: dict[str, set[int]] = {}
         self.early_discards: dict[str, dict[str, float]] = {}
+        self._acknowledged: dict[tuple[str, str], jobs.Envelope] = {}
+        """Held 250s sent on a discard (F.7) whose shadow copy is not deleted yet."""
         self.open_sessions: dict[str, int] = {}
         self._expedite_timers: dict[str, IDelayedCall] = {}
         self._expedite_delay: dict[str, float] = {}
@@ -876,9 +879,12 @@ class ShadowRedundancy:
                 hop.name, engine.server.fqdn, str(target.address))
             name = target.server or str(target.address)
             self.open_sessions[name] = self.open_sessions.get(name, 0) + 1
+            session_request = engine.with_tls(request, hop, target)
+            if request.shadow_context is not None:
+                session_request = dataclasses.replace(
+                    session_request, on_discards=functools.partial(self.discards_arrived, name))
             try:
-                outcome = await send_session(engine.connect(target),
-                                             engine.with_tls(request, hop, target),
+                outcome = await send_session(engine.connect(target), session_request,
                                              engine.clock, log_session)
             finally:
                 self.open_sessions[name] -= 1
@@ -991,7 +997,12 @@ class ShadowRedundancy:
         the message is durably queued here and has reached its next hops; its deletion
         (D.7, F.8) follows when the write commits."""
         engine = self.engine
-        acknowledged = self._acknowledge_held(primary, shadow_ids, queried_at)
+        self.discards_arrived(primary, shadow_ids, queried_at)
+        acknowledged = {}
+        for shadow_id in shadow_ids:
+            envelope = self._acknowledged.pop((primary, shadow_id), None)
+            if envelope is not None:
+                acknowledged[envelope.internal_id] = envelope
         dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
         matched = {shadow_id for _, _, _, shadow_id in dropped}
         early = self.early_discards.setdefault(primary, {})
@@ -1018,22 +1029,21 @@ class ShadowRedundancy:
                     primary, handed),
                 acknowledged_before=deleted and envelope.internal_id in acknowledged)
 
-    def _acknowledge_held(self, primary: str, shadow_ids: Sequence[str],
-                          queried_at: float) -> dict[int, jobs.Envelope]:
-        """F.6, F.7: send the held 250s that were waiting for these discards only."""
+    def discards_arrived(self, primary: str, shadow_ids: Sequence[str],
+                         queried_at: float) -> None:
+        """F.6, F.7: an XQDISCARD reply came back; the held 250s that were waiting for
+        these discards only go out at once, before the session or any commit ends."""
         engine = self.engine
         ack = engine.delayed_ack
-        acknowledged: dict[int, jobs.Envelope] = {}
         if ack is None:
-            return acknowledged
+            return
         for shadow_id in shadow_ids:
             envelope = ack.discarded(primary, shadow_id)
             if envelope is None or engine.still_to_deliver(envelope.internal_id):
                 continue
             engine.tracking.discard_queried(envelope, primary, queried_at, delayed_ack=True)
             ack.resolve(envelope.internal_id, DELIVERED)
-            acknowledged[envelope.internal_id] = envelope
-        return acknowledged
+            self._acknowledged[(primary, shadow_id)] = envelope
 
     def _delivers_to_mailboxes(self, primary: str, addresses: Sequence[str]) -> bool:
         """Did ``primary`` take these recipients for mailboxes of its own site (scenario
