@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +73,8 @@ class SessionRequest:
     """Send ``XSHADOW <context>`` when the peer advertises it (we become shadow holder)."""
     query_discards: bool = True
     discard_max: int = 50
-    next_batch: Callable[[list[MessageOutcome]], Awaitable[Sequence[OutboundMessage]]] | None = (
-        None)
+    next_batch: Callable[[list[MessageOutcome]],
+                         Coroutine[Any, Any, Sequence[OutboundMessage]]] | None = None
     """Called with each batch's outcomes once its replies are in; the messages it returns
     go next over the same session (none: the session ends). Exchange keeps a connection
     to a next hop for the queue's new messages instead of opening another."""
@@ -325,11 +325,12 @@ class _Conversation:
                 asked = False
                 if self.request.next_batch is None:
                     break
+                following = Deferred.fromCoroutine(self.request.next_batch(out.messages[first:]))
                 if wants_discards:  # between batches too: held 250s wait for them
                     if not await self.query_discards():
                         return out
                     asked = True
-                messages = await self.request.next_batch(out.messages[first:])
+                messages = await following
             if wants_discards and not asked and not await self.query_discards():
                 return out
             await self.quit()

@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -934,8 +934,8 @@ class ShadowRedundancy:
         return result
 
     async def session(self, hop: NextHop, request: SessionRequest,
-                      next_batch: Callable[[Target, list[MessageOutcome]],
-                                           Awaitable[Sequence[OutboundMessage]]] | None = None
+                      next_batch: Callable[[Target, list[MessageOutcome]], Coroutine[
+                          Any, Any, Sequence[OutboundMessage]]] | None = None
                       ) -> tuple[SessionOutcome, Target | None]:
         """Open a session to the first target of ``hop`` that answers (``next_batch``:
         what else the session may carry, see ``SessionRequest.next_batch``)."""
