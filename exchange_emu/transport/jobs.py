@@ -448,7 +448,7 @@ def record_session(
         and r.internal_id in envelopes
     ]
     _fail(conn, {k: v for k, v in failures.items() if v}, now, signer, report)
-    _settle(conn, [r.internal_id for r in results], now, report)
+    _settle(conn, [r.internal_id for r in results], now, report, envelopes)
     return report
 
 
@@ -566,10 +566,12 @@ _WAITING_DISCARDS = sa.select(
 _INSERT_DISCARD = sa.insert(discard_notifications)
 
 
-def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: Report) -> None:
+def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: Report,
+            known: dict[int, Envelope] | None = None) -> None:
     """Messages none of whose recipients is pending any more: queue the discard
     notification for the hop they came from, then keep them as shadow copies
-    (if a primary holds them) or delete them."""
+    (if a primary holds them) or delete them. ``known``: envelopes already read in this
+    transaction."""
     ids = sorted(set(internal_ids))
     if not ids:
         return
@@ -580,7 +582,9 @@ def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: R
         shadowed.update(int(i) for i in conn.execute(_SHADOWED_OF,
                                                      {"ids": list(chunk)}).scalars())
     done = [i for i in ids if i not in pending]
-    envelopes = _envelopes(conn, done)
+    known = known or {}
+    envelopes = {i: known[i] for i in done if i in known}
+    envelopes.update(_envelopes(conn, [i for i in done if i not in known]))
     settled_now = [Settled(envelopes[i]) for i in done if i in envelopes]
     queued = _queue_discards(conn, [s.envelope for s in settled_now], now)
     keep, delete = [], []
