@@ -642,8 +642,9 @@ _WAITING_FOR_CONTEXT = (
     .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
     .limit(sa.bindparam("b_limit"))
 )
-_DELETE_DISCARDS = sa.delete(discard_notifications).where(
-    discard_notifications.c.id.in_(_ids()))
+_DELETE_DISCARD = sa.delete(discard_notifications).where(
+    discard_notifications.c.id == sa.bindparam("b_id"),
+    discard_notifications.c.shadow_message_id == sa.bindparam("b_shadow"))
 
 
 def waiting_discards(conn: Connection, context: str, limit: int) -> list[WaitingDiscard]:
@@ -653,17 +654,19 @@ def waiting_discards(conn: Connection, context: str, limit: int) -> list[Waiting
                                                          "b_limit": limit})]
 
 
-def delete_discards(conn: Connection, ids: Sequence[int]) -> None:
-    """Notifications handed out: gone."""
-    for chunk in _chunks(sorted(ids)):
-        conn.execute(_DELETE_DISCARDS, {"ids": list(chunk)})
+def delete_discards(conn: Connection, handed: Sequence[WaitingDiscard]) -> None:
+    """Notifications handed out: gone. Matched on the shadow id too: SQLite may give a
+    deleted row's id to a new notification, which must not go unseen."""
+    if handed:
+        conn.execute(_DELETE_DISCARD, [{"b_id": r.id, "b_shadow": r.shadow_message_id}
+                                       for r in handed])
 
 
 def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[str, str]]:
     """The primary's side of ``XQDISCARD`` in one transaction: up to ``limit`` of
     ``context``'s notifications, oldest first, deleted (D.6)."""
     rows = waiting_discards(conn, context, limit)
-    delete_discards(conn, [r.id for r in rows])
+    delete_discards(conn, rows)
     return [(r.shadow_message_id, r.message_id) for r in rows]
 
 
