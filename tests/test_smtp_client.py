@@ -104,36 +104,6 @@ def test_discards_are_handed_over_as_each_xqdiscard_reply_arrives():
     assert len(heard) == 2  # an empty reply hands over nothing
 
 
-def test_a_session_goes_on_with_the_next_batch_after_asking_for_discards():
-    """Each batch's outcomes go to ``next_batch`` once its replies are in; what it returns
-    follows on the same session, after an XQDISCARD; nothing more ends the session."""
-    batches: list[list[str]] = []
-    following = [[message(b"Subject: 2\r\n\r\nb\r\n", ID2)], []]
-
-    async def next_batch(results):
-        batches.append([r.message.shadow_message_id for r in results if r.accepted])
-        return following.pop(0)
-
-    s = Scripted(SessionRequest("hub01.contoso.test", [message()], shadow_context=CONTEXT,
-                                next_batch=next_batch))
-    s.server("220 edge01 ready\n")
-    s.server("250-edge01 Hello\n250-PIPELINING\n250-CHUNKING\n250 XSHADOW\n")
-    s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n")
-    assert s.server("250 2.1.0 OK\n250 2.1.5 OK\n250 2.6.0 queued\n") == b"XQDISCARD 50\r\n"
-    assert batches == [[ID1]]
-    out = s.server("251 OK, no discard events\n")
-    assert out == (f"MAIL FROM:<a@contoso.test> XSHADOW={ID2}\r\nRCPT TO:<b@contoso.test>\r\n"
-                   "BDAT 17 LAST\r\nSubject: 2\r\n\r\nb\r\n").encode()
-    assert s.server("250 2.1.0 OK\n250 2.1.5 OK\n250 2.6.0 queued\n") == b"XQDISCARD 50\r\n"
-    assert batches == [[ID1], [ID2]]
-    assert s.server(f"250 {ID1}\n") == b"QUIT\r\n"  # asked once after the last batch
-    s.server("221 bye\n")
-    s.proto.connectionLost(None)
-    outcome = s.outcomes[0]
-    assert [m.message.shadow_message_id for m in outcome.messages] == [ID1, ID2]
-    assert outcome.discards == [ID1] and outcome.error is None
-
-
 def _shadowed_pipeline(bodies: list[bytes], ids: list[str]) -> tuple[Scripted, bytes]:
     """A shadowed session with PIPELINING and CHUNKING up to its first pipeline."""
     s = Scripted(SessionRequest("hub01.contoso.test",

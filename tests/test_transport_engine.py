@@ -156,47 +156,6 @@ class EngineTests(EngineHarness):
             self.assertEqual(message.state, "shadow")
         self.assertEqual(len(self.events("HAREDIRECT")), 2)
 
-    async def _until(self, condition: Any, what: str) -> None:
-        """Let loopback sessions and database threads run until ``condition()`` (bounded)."""
-        for _ in range(500):
-            if condition():
-                return
-            self.clock.advance(0)
-            await self.db.write(lambda conn: None)
-        raise AssertionError(f"never happened: {what}")
-
-    async def _queue(self, message_id: str) -> int:
-        internal_id = await self.store.accept_message(NewMessage(
-            sender="alice@contoso.test", recipients=("erin@fabrikam.test",),
-            received_at=self.clock.seconds(),
-            body=f"Message-ID: {message_id}\r\nSubject: unit\r\n\r\nbody\r\n".encode(),
-            message_id=message_id, subject="unit"))
-        self.engine.submitted(internal_id)
-        return internal_id
-
-    async def test_a_message_queued_while_a_session_is_open_goes_over_that_session(self):
-        """The open session to HUB02 carries what its queue got meanwhile; the first
-        message is recorded (its shadow copy made) while the session goes on."""
-        await self.start()
-        hub02 = self.fakes["HUB02"]
-        hub02.hold = True
-        await self._queue("<first@contoso.test>")
-        await self._until(lambda: len(hub02.held) == 1, "HUB02 got the first message")
-        await self._queue("<second@contoso.test>")
-        for _ in range(20):  # it waits for the open session rather than opening another
-            self.clock.advance(0)
-            await self.db.write(lambda conn: None)
-        assert len(hub02.stored) == 1
-        hub02.held[0].callback(None)
-        await self._until(lambda: len(hub02.held) == 2, "HUB02 got the second message")
-        await self._until(lambda: len(self.events("HAREDIRECT")) == 1, "first one recorded")
-        assert hub02.stored[1].message.session is hub02.stored[0].message.session
-        hub02.held[1].callback(None)
-        await self.settle()
-        assert await self.primaries() == {"HUB02": 2}
-        assert [e.message_id for e in self.events("HAREDIRECT")] == [
-            "<first@contoso.test>", "<second@contoso.test>"]
-
     async def test_discard_notification_deletes_the_shadow(self):
         """D.5–D.7: the primary hands the shadow id back on XQDISCARD; the holder deletes
         the shadow copy and, nothing else pending, the message."""

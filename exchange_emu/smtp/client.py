@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,11 +73,6 @@ class SessionRequest:
     """Send ``XSHADOW <context>`` when the peer advertises it (we become shadow holder)."""
     query_discards: bool = True
     discard_max: int = 50
-    next_batch: Callable[[list[MessageOutcome]],
-                         Coroutine[Any, Any, Sequence[OutboundMessage]]] | None = None
-    """Called with each batch's outcomes once its replies are in; the messages it returns
-    go next over the same session (none: the session ends). Exchange keeps a connection
-    to a next hop for the queue's new messages instead of opening another."""
     on_discards: Callable[[Sequence[str], float], None] | None = None
     """Called with each XQDISCARD reply's shadow message ids (and when the query was
     sent) as it arrives, before the session ends."""
@@ -317,21 +312,19 @@ class _Conversation:
                 return out
             if self.request.shadow_context is not None and "XSHADOW" in out.keywords:
                 await self.xshadow()
+            if self._pipelines_messages():
+                await self.send_pipelined(self.request.messages)
+            elif self._pipelines_data():
+                await self.send_data_pipelined(self.request.messages)
+            else:
+                for message in self.request.messages:
+                    started = self.clock.seconds()
+                    result = await self.send_message(message)
+                    result.finished_at = self.clock.seconds()
+                    result.elapsed = result.finished_at - started
+                    out.messages.append(result)
             wants_discards = out.shadowed and self.request.query_discards
-            messages, asked = self.request.messages, False
-            while messages:
-                first = len(out.messages)
-                await self.send_batch(messages)
-                asked = False
-                if self.request.next_batch is None:
-                    break
-                following = Deferred.fromCoroutine(self.request.next_batch(out.messages[first:]))
-                if wants_discards:  # between batches too: held 250s wait for them
-                    if not await self.query_discards():
-                        return out
-                    asked = True
-                messages = await following
-            if wants_discards and not asked and not await self.query_discards():
+            if wants_discards and not await self.query_discards():
                 return out
             await self.quit()
         except (CancelledError, TimeoutError):
@@ -343,21 +336,6 @@ class _Conversation:
             if transport is not None:
                 transport.loseConnection()
         return out
-
-    async def send_batch(self, messages: Sequence[OutboundMessage]) -> None:
-        """Send messages the fastest way this peer allows (see the ``_pipelines_*``)."""
-        out = self.outcome
-        if self._pipelines_messages(messages):
-            await self.send_pipelined(messages)
-        elif self._pipelines_data(messages):
-            await self.send_data_pipelined(messages)
-        else:
-            for message in messages:
-                started = self.clock.seconds()
-                result = await self.send_message(message)
-                result.finished_at = self.clock.seconds()
-                result.elapsed = result.finished_at - started
-                out.messages.append(result)
 
     async def hello(self) -> bool:
         out = self.outcome
@@ -500,7 +478,7 @@ class _Conversation:
             await self.command("RSET")
         return result
 
-    def _pipelines_messages(self, messages: Sequence[OutboundMessage]) -> bool:
+    def _pipelines_messages(self) -> bool:
         """Several messages on a shadowed session (the peer is an Exchange 2010 server of
         the organization, which takes every recipient from us) offering PIPELINING and
         CHUNKING, and nothing that needs a round trip of its own (XEXCH50's 354).
@@ -510,23 +488,23 @@ class _Conversation:
         RCPTs and body would then join the wrong envelope.
         """
         keywords = self.outcome.keywords
-        return (len(messages) > 1 and self.outcome.shadowed
+        return (len(self.request.messages) > 1 and self.outcome.shadowed
                 and self.request.use_pipelining
                 and self.request.use_bdat and "PIPELINING" in keywords
                 and "CHUNKING" in keywords
                 and not ("XEXCH50" in keywords
-                         and any(m.xexch50 is not None for m in messages)))
+                         and any(m.xexch50 is not None for m in self.request.messages)))
 
-    def _pipelines_data(self, messages: Sequence[OutboundMessage]) -> bool:
+    def _pipelines_data(self) -> bool:
         """Several messages to a peer offering PIPELINING that gets them with DATA (no
         CHUNKING, or BDAT not wanted), none needing XEXCH50 or BINARYMIME."""
         keywords = self.outcome.keywords
         bdat = self.request.use_bdat and "CHUNKING" in keywords
-        return (len(messages) > 1 and self.request.use_pipelining
+        return (len(self.request.messages) > 1 and self.request.use_pipelining
                 and "PIPELINING" in keywords and not bdat
-                and all(m.body_type != "BINARYMIME" for m in messages)
+                and all(m.body_type != "BINARYMIME" for m in self.request.messages)
                 and not ("XEXCH50" in keywords
-                         and any(m.xexch50 is not None for m in messages)))
+                         and any(m.xexch50 is not None for m in self.request.messages)))
 
     def _data_commands(self, message: OutboundMessage) -> list[str]:
         shadowed = self.outcome.shadowed and message.shadow_message_id is not None

@@ -31,7 +31,6 @@ from exchange_emu.directory import Organization, Server
 from exchange_emu.faults import crash_point
 from exchange_emu.security.tls import ClientContexts, send_tls
 from exchange_emu.smtp.client import (
-    MessageOutcome,
     OutboundMessage,
     SessionOutcome,
     SessionRequest,
@@ -541,7 +540,7 @@ class DeliveryQueue:
         if now < self.next_attempt:
             self.kick(self.next_attempt - now)
             return
-        ready = self._ready(now)
+        ready = sorted(i for i, t in self.items.items() if t <= now and i not in self.in_flight)
         # A new session for a full batch, or when none is open; otherwise what
         # arrives meanwhile waits for the open session to end and goes together.
         while ready and self.sessions < MAX_SESSIONS_PER_QUEUE and (
@@ -558,9 +557,6 @@ class DeliveryQueue:
         later = [t for i, t in self.items.items() if i not in self.in_flight and t > now]
         if later:
             self.kick(min(later) - now)
-
-    def _ready(self, now: float) -> list[int]:
-        return sorted(i for i, t in self.items.items() if t <= now and i not in self.in_flight)
 
     def _connection_closed(self) -> None:
         """A session's connection is over: another may start for what waits meanwhile,
@@ -598,20 +594,31 @@ class DeliveryQueue:
         if self.hop.delivery == LOCAL:
             await self._deliver_locally(items)
             return
-        shadow = bool(engine.settings.shadow_redundancy_enabled and self.hop.shadow_capable
-                      and engine.server.supports_shadow_redundancy)
-        outbound = [self._outbound(item, shadow) for item in items]
+        shadow = (engine.settings.shadow_redundancy_enabled and self.hop.shadow_capable
+                  and engine.server.supports_shadow_redundancy)
+        outbound = [
+            OutboundMessage(
+                sender=item.envelope.sender,
+                recipients=tuple(r.address for r in item.recipients),
+                body=item.body,
+                shadow_message_id=str(uuid.uuid4()) if shadow else None,
+                body_type=item.body_type,
+                envid=item.envid,
+                ret=item.ret,
+                xexch50=item.xexch50 or engine.xexch50_blob(item),
+                notify={r.address: r.notify for r in item.recipients if r.notify},
+                orcpt={r.address: r.orcpt for r in item.recipients if r.orcpt},
+            )
+            for item in items
+        ]
         request = SessionRequest(
             helo=engine.server.fqdn,
             messages=outbound,
             shadow_context=engine.shadow_context if shadow else None,
             discard_max=engine.settings.xqdiscard_max_events,
         )
-        stream = _SessionStream(self, batch, items, outbound, shadow)
-        outcome, target = await engine.shadow.session(self.hop, request, stream.next_batch)
+        outcome, target = await engine.shadow.session(self.hop, request)
         connection.close()
-        await stream.recorded()
-        items, outbound = stream.unrecorded()
         if target is None:
             await self._queue_failed(items, f"451 4.4.0 {outcome.error or 'connection failed'}")
             return
@@ -620,36 +627,10 @@ class DeliveryQueue:
         self.last_error = None
         primary = (target.server or str(target.address)) if outcome.shadowed else None
         await engine.shadow.contact(target, outcome, heartbeat=False)
-        if items:
-            await self._record(items, outbound, dataclasses.replace(
-                outcome, messages=outcome.messages[stream.recorded_count:]), target, primary)
+        await self._record(items, outbound, outcome, target, primary)
         if primary is not None and outcome.discards:
             await engine.shadow.apply_discards(
                 primary, outcome.discards, outcome.discards_queried_at or engine.clock.seconds())
-
-    def _outbound(self, item: jobs.DeliveryItem, shadow: bool) -> OutboundMessage:
-        return OutboundMessage(
-            sender=item.envelope.sender,
-            recipients=tuple(r.address for r in item.recipients),
-            body=item.body,
-            shadow_message_id=str(uuid.uuid4()) if shadow else None,
-            body_type=item.body_type,
-            envid=item.envid,
-            ret=item.ret,
-            xexch50=item.xexch50 or self.engine.xexch50_blob(item),
-            notify={r.address: r.notify for r in item.recipients if r.notify},
-            orcpt={r.address: r.orcpt for r in item.recipients if r.orcpt},
-        )
-
-    def take_ready(self, limit: int) -> list[int]:
-        """Ready messages for a session that is already open (marked in flight)."""
-        engine = self.engine
-        now = engine.clock.seconds()
-        if engine.stopping or self.suspended or now < self.next_attempt or limit <= 0:
-            return []
-        ready = self._ready(now)[:limit]
-        self.in_flight.update(ready)
-        return ready
 
     async def _record(self, items: list[jobs.DeliveryItem], outbound: list[OutboundMessage],
                       outcome: SessionOutcome, target: Target, primary: str | None) -> None:
@@ -828,51 +809,6 @@ class DeliveryQueue:
             engine.skip_delayed_ack(item.envelope.internal_id, f"queue {self.name} in Retry")
 
 
-class _SessionStream:
-    """One delivery session's messages, batch after batch (MaxMessagesPerConnection in
-    all): each batch is recorded once its replies are in, while the session goes on
-    with the queue's messages that became ready meanwhile."""
-
-    def __init__(self, queue: DeliveryQueue, taken: list[int], items: list[jobs.DeliveryItem],
-                 outbound: list[OutboundMessage], shadow: bool) -> None:
-        self.queue = queue
-        self.taken = taken
-        """The session's InternalIds: the queue clears them from in-flight at its end."""
-        self.items = list(items)
-        self.outbound = list(outbound)
-        self.shadow = shadow
-        self.recorded_count = 0
-        self._recordings: list[Deferred[Any]] = []
-
-    async def next_batch(self, target: Target, results: list[MessageOutcome]
-                         ) -> Sequence[OutboundMessage]:
-        queue, engine = self.queue, self.queue.engine
-        start, self.recorded_count = self.recorded_count, self.recorded_count + len(results)
-        primary = (target.server or str(target.address)) if any(
-            r.shadowed for r in results) else None
-        self._recordings.append(engine.track(_run(queue._record(
-            self.items[start:self.recorded_count], self.outbound[start:self.recorded_count],
-            SessionOutcome(messages=results), target, primary), f"delivery queue {queue.name}")))
-        ids = queue.take_ready(MESSAGES_PER_SESSION - len(self.items))
-        if not ids:
-            return []
-        self.taken.extend(ids)
-        more = await engine.database.read(jobs.load_delivery, queue.name, ids)
-        found = {item.envelope.internal_id for item in more}
-        queue.forget([i for i in ids if i not in found])
-        outbound = [queue._outbound(item, self.shadow) for item in more]
-        self.items.extend(more)
-        self.outbound.extend(outbound)
-        return outbound
-
-    async def recorded(self) -> None:
-        """Wait for the batches recorded during the session."""
-        await DeferredList(self._recordings, consumeErrors=True)
-
-    def unrecorded(self) -> tuple[list[jobs.DeliveryItem], list[OutboundMessage]]:
-        return self.items[self.recorded_count:], self.outbound[self.recorded_count:]
-
-
 class ShadowRedundancy:
     """The shadow holder's side: heartbeats to primaries, discards, takeover."""
 
@@ -933,12 +869,9 @@ class ShadowRedundancy:
         self.heartbeats.discard(primary)
         return result
 
-    async def session(self, hop: NextHop, request: SessionRequest,
-                      next_batch: Callable[[Target, list[MessageOutcome]], Coroutine[
-                          Any, Any, Sequence[OutboundMessage]]] | None = None
+    async def session(self, hop: NextHop, request: SessionRequest
                       ) -> tuple[SessionOutcome, Target | None]:
-        """Open a session to the first target of ``hop`` that answers (``next_batch``:
-        what else the session may carry, see ``SessionRequest.next_batch``)."""
+        """Open a session to the first target of ``hop`` that answers."""
         engine = self.engine
         outcome = SessionOutcome(error="no target")
         for target in engine.ordered_targets(hop):
@@ -947,9 +880,6 @@ class ShadowRedundancy:
             name = target.server or str(target.address)
             self.open_sessions[name] = self.open_sessions.get(name, 0) + 1
             session_request = engine.with_tls(request, hop, target)
-            if next_batch is not None:
-                session_request = dataclasses.replace(
-                    session_request, next_batch=functools.partial(next_batch, target))
             if request.shadow_context is not None:
                 session_request = dataclasses.replace(
                     session_request, on_discards=functools.partial(self.discards_arrived, name))
