@@ -818,8 +818,8 @@ class ShadowRedundancy:
         self.last_attempt: dict[str, float] = {}
         self.expedited: dict[str, set[int]] = {}
         self.early_discards: dict[str, dict[str, float]] = {}
-        self._acknowledged: dict[tuple[str, str], jobs.Envelope] = {}
-        """Held 250s sent on a discard (F.7) whose shadow copy is not deleted yet."""
+        self._acknowledged: dict[tuple[str, str], tuple[jobs.Envelope, float]] = {}
+        """Held 250s sent on a discard (F.7) whose shadow copy is not deleted yet (and when)."""
         self.open_sessions: dict[str, int] = {}
         self._expedite_timers: dict[str, IDelayedCall] = {}
         self._expedite_delay: dict[str, float] = {}
@@ -1000,9 +1000,13 @@ class ShadowRedundancy:
         self.discards_arrived(primary, shadow_ids, queried_at)
         acknowledged = {}
         for shadow_id in shadow_ids:
-            envelope = self._acknowledged.pop((primary, shadow_id), None)
-            if envelope is not None:
-                acknowledged[envelope.internal_id] = envelope
+            entry = self._acknowledged.pop((primary, shadow_id), None)
+            if entry is not None:
+                acknowledged[entry[0].internal_id] = entry[0]
+        now = engine.clock.seconds()
+        for key, (_, when) in list(self._acknowledged.items()):
+            if now - when > EARLY_DISCARD_TTL:  # their session failed before this step
+                del self._acknowledged[key]
         dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
         matched = {shadow_id for _, _, _, shadow_id in dropped}
         early = self.early_discards.setdefault(primary, {})
@@ -1043,7 +1047,7 @@ class ShadowRedundancy:
                 continue
             engine.tracking.discard_queried(envelope, primary, queried_at, delayed_ack=True)
             ack.resolve(envelope.internal_id, DELIVERED)
-            self._acknowledged[(primary, shadow_id)] = envelope
+            self._acknowledged[(primary, shadow_id)] = (envelope, engine.clock.seconds())
 
     def _delivers_to_mailboxes(self, primary: str, addresses: Sequence[str]) -> bool:
         """Did ``primary`` take these recipients for mailboxes of its own site (scenario
