@@ -167,7 +167,8 @@ def test_slow_server_then_on_time(lab: Lab) -> None:
     assert _ehlo_as(lab.ports["INTERNET01"], "someone.example", timeout=10)[0] == 250
     assert time.monotonic() - started >= 1.6  # banner and EHLO, each 800 ms late
     lab.apply(("INTERNET01",), "slow", "INTERNET01", "--delay", "0")
-    assert banner_seconds() < 0.5
+    # The 800 ms delay is gone (a banner under CI load once took 0.5 s without it).
+    assert banner_seconds() < 0.8
 
 
 def test_scripted_reply_with_count(lab: Lab) -> None:
