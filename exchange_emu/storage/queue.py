@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from exchange_emu.storage.direct import DirectStatement
 from exchange_emu.storage.errors import MessageNotFoundError
 from exchange_emu.storage.tables import (
     discard_notifications,
@@ -233,10 +234,20 @@ def _read_body(body: bytes | BinaryIO) -> bytes:
 # --- messages --------------------------------------------------------------------------------
 
 
-# Built once: a statement object caches its compiled form, so each message costs only the
-# execution (the accepting path runs once per message received).
-_INSERT_MESSAGE = sa.insert(messages)
-_INSERT_RECIPIENT = sa.insert(recipients)
+_MESSAGE_COLUMNS = [
+    "internet_message_id", "sender", "size", "body", "received_at", "source", "client_ip",
+    "client_hostname", "receive_connector", "subject", "hop_count", "body_type", "dsn_envid",
+    "dsn_ret", "xexch50", "shadow_context", "shadow_message_id", "delayed_ack", "state",
+    "expires_at", "crash_count", "origin_server",
+]
+# Built once and run straight on SQLite's driver: the accepting path runs once per message
+# received, where SQLAlchemy's execution machinery cost more than the inserts themselves.
+_INSERT_MESSAGE = DirectStatement(sa.insert(messages), column_keys=_MESSAGE_COLUMNS)
+_INSERT_MESSAGE_V3 = DirectStatement(  # mapi_submission is a column of schema v3
+    sa.insert(messages), column_keys=[*_MESSAGE_COLUMNS, "mapi_submission"])
+_INSERT_RECIPIENT = DirectStatement(sa.insert(recipients), column_keys=[
+    "internal_id", "address", "status", "next_hop", "queue", "retry_count", "next_retry_at",
+    "last_response", "notify", "orcpt"])
 
 
 def accept_message(conn: Connection, new: NewMessage) -> int:
@@ -269,15 +280,13 @@ def accept_message(conn: Connection, new: NewMessage) -> int:
         crash_count=0,
         origin_server=new.origin_server,
     )
-    if new.mapi_submission is not None:  # (a column of schema v3)
+    insert = _INSERT_MESSAGE
+    if new.mapi_submission is not None:
         values["mapi_submission"] = new.mapi_submission
-    result = conn.execute(_INSERT_MESSAGE, values)
-    key = result.inserted_primary_key
-    if key is None:
-        raise RuntimeError("the database returned no InternalId")
-    internal_id = int(key[0])
-    conn.execute(
-        _INSERT_RECIPIENT,
+        insert = _INSERT_MESSAGE_V3
+    internal_id = insert.insert(conn, values)
+    _INSERT_RECIPIENT.run_many(
+        conn,
         [
             {
                 "internal_id": internal_id,

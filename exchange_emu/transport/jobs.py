@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from exchange_emu.storage import POISON_QUEUE, SUBMISSION_QUEUE, NewMessage
 from exchange_emu.storage import Recipient as NewRecipient
+from exchange_emu.storage.direct import DirectStatement
 from exchange_emu.storage.queue import accept_message
 from exchange_emu.storage.tables import (
     categorizer_batch,
@@ -114,19 +115,10 @@ class Report:
     """(envelope, our shadow message id) for each shadow copy made (D.4.3)."""
 
 
-def _envelope(row: Any) -> Envelope:
-    return Envelope(
-        internal_id=int(row.internal_id),
-        message_id=row.internet_message_id,
-        sender=row.sender,
-        subject=row.subject or "",
-        size=int(row.size),
-        source=row.source,
-        received_at=float(row.received_at),
-        shadow_context=row.shadow_context,
-        shadow_message_id=row.shadow_message_id,
-        mapi_submission=row.mapi_submission,
-    )
+def _envelope(row: Sequence[Any]) -> Envelope:
+    """The envelope from a row whose first columns are ``_ENVELOPE``'s, in order."""
+    return Envelope(int(row[0]), row[1], row[2], row[3] or "", int(row[4]), row[5],
+                    float(row[6]), row[7], row[8], row[9])
 
 
 _ENVELOPE = [
@@ -153,15 +145,16 @@ def _ids() -> sa.BindParameter[Any]:
     return sa.bindparam("ids", expanding=True)
 
 
-_SELECT_ENVELOPES = sa.select(*_ENVELOPE).where(messages.c.internal_id.in_(_ids()))
+_SELECT_ENVELOPES = DirectStatement(
+    sa.select(*_ENVELOPE).where(messages.c.internal_id.in_(_ids())))
 
 
 def _envelopes(conn: Connection, internal_ids: Iterable[int]) -> dict[int, Envelope]:
     ids = sorted(set(internal_ids))
     out: dict[int, Envelope] = {}
     for chunk in _chunks(ids):
-        for row in conn.execute(_SELECT_ENVELOPES, {"ids": list(chunk)}):
-            out[int(row.internal_id)] = _envelope(row)
+        for row in _SELECT_ENVELOPES.rows(conn, {"ids": chunk}):
+            out[int(row[0])] = _envelope(row)
     return out
 
 
@@ -350,14 +343,14 @@ class DeliveryItem:
     recipients: tuple[DeliveryRecipient, ...]
 
 
-_DELIVERY_RECIPIENTS = (
+_DELIVERY_RECIPIENTS = DirectStatement(
     sa.select(recipients.c.id, recipients.c.internal_id, recipients.c.address,
               recipients.c.notify, recipients.c.orcpt)
     .where(recipients.c.internal_id.in_(_ids()), recipients.c.queue == sa.bindparam("b_queue"),
            recipients.c.status.in_((READY, RETRY)))
     .order_by(recipients.c.id)
 )
-_DELIVERY_MESSAGES = (
+_DELIVERY_MESSAGES = DirectStatement(
     sa.select(*_ENVELOPE, messages.c.body, messages.c.body_type, messages.c.dsn_envid,
               messages.c.dsn_ret, messages.c.xexch50)
     .where(messages.c.internal_id.in_(_ids()))
@@ -368,16 +361,17 @@ def load_delivery(conn: Connection, queue: str, internal_ids: Sequence[int]) -> 
     """The messages (with body) and their recipients waiting in ``queue``."""
     grouped: dict[int, list[DeliveryRecipient]] = defaultdict(list)
     for chunk in _chunks(sorted(set(internal_ids))):
-        for row in conn.execute(_DELIVERY_RECIPIENTS, {"ids": list(chunk), "b_queue": queue}):
-            grouped[int(row.internal_id)].append(
-                DeliveryRecipient(int(row.id), row.address, row.notify, row.orcpt)
-            )
+        for rid, internal_id, address, notify, orcpt in _DELIVERY_RECIPIENTS.rows(
+                conn, {"ids": chunk, "b_queue": queue}):
+            grouped[int(internal_id)].append(DeliveryRecipient(int(rid), address, notify, orcpt))
     items = []
     for chunk in _chunks(sorted(grouped)):
-        for msg in conn.execute(_DELIVERY_MESSAGES, {"ids": list(chunk)}):
+        for msg in _DELIVERY_MESSAGES.rows(conn, {"ids": chunk}):
+            body, body_type, envid, ret, xexch50 = msg[len(_ENVELOPE):]
             items.append(
-                DeliveryItem(_envelope(msg), bytes(msg.body), msg.body_type, msg.dsn_envid,
-                             msg.dsn_ret, msg.xexch50, tuple(grouped[int(msg.internal_id)]))
+                DeliveryItem(_envelope(msg), bytes(body), body_type, envid, ret,
+                             None if xexch50 is None else bytes(xexch50),
+                             tuple(grouped[int(msg[0])]))
             )
     return items
 
@@ -394,17 +388,19 @@ class MessageResult:
     """Our ``XSHADOW=`` id, when the next hop took the message as primary."""
 
 
-_MARK_DELIVERED = (
+_MARK_DELIVERED = DirectStatement(
     sa.update(recipients).where(recipients.c.id == sa.bindparam("b_id"))
     .values(status=DELIVERED, last_response=sa.bindparam("b_reply"),
             delivered_to=sa.bindparam("b_to"))
 )
-_MARK_DEFERRED = (
+_MARK_DEFERRED = DirectStatement(
     sa.update(recipients).where(recipients.c.id == sa.bindparam("b_id"))
     .values(status=RETRY, last_response=sa.bindparam("b_reply"),
             next_retry_at=sa.bindparam("b_at"), retry_count=recipients.c.retry_count + 1)
 )
-_INSERT_SHADOW = sa.insert(shadow_messages)
+_INSERT_SHADOW = DirectStatement(
+    sa.insert(shadow_messages),
+    column_keys=["internal_id", "primary_server", "shadow_message_id", "created_at"])
 
 
 def record_session(
@@ -432,12 +428,9 @@ def record_session(
                if primary is not None and result.delivered and result.shadow_message_id]
     # One statement each, executed for many rows: a session's replies cost a few round
     # trips, not a few per recipient.
-    if delivered:
-        conn.execute(_MARK_DELIVERED, delivered)
-    if deferred:
-        conn.execute(_MARK_DEFERRED, deferred)
-    if shadows:
-        conn.execute(_INSERT_SHADOW, shadows)
+    _MARK_DELIVERED.run_many(conn, delivered)
+    _MARK_DEFERRED.run_many(conn, deferred)
+    _INSERT_SHADOW.run_many(conn, shadows)
     for result in results:
         failures[result.internal_id].extend(result.failed)
     envelopes = _envelopes(conn, [r.internal_id for r in results])
@@ -553,17 +546,19 @@ def _queue_dsn(
     report.dsns.append((new_id, kind, envelope, message.message_id))
 
 
-_PENDING_OF = sa.select(recipients.c.internal_id).distinct().where(
-    recipients.c.internal_id.in_(_ids()), recipients.c.status.in_((*PENDING, SUSPENDED)))
-_SHADOWED_OF = sa.select(shadow_messages.c.internal_id).distinct().where(
-    shadow_messages.c.internal_id.in_(_ids()))
-_KEEP_AS_SHADOW = sa.update(messages).where(messages.c.internal_id.in_(_ids())).values(
-    state=SHADOW)
-_DELETE_MESSAGES = sa.delete(messages).where(messages.c.internal_id.in_(_ids()))
-_WAITING_DISCARDS = sa.select(
+_PENDING_OF = DirectStatement(sa.select(recipients.c.internal_id).distinct().where(
+    recipients.c.internal_id.in_(_ids()), recipients.c.status.in_((*PENDING, SUSPENDED))))
+_SHADOWED_OF = DirectStatement(sa.select(shadow_messages.c.internal_id).distinct().where(
+    shadow_messages.c.internal_id.in_(_ids())))
+_KEEP_AS_SHADOW = DirectStatement(
+    sa.update(messages).where(messages.c.internal_id.in_(_ids())).values(state=SHADOW))
+_DELETE_MESSAGES = DirectStatement(sa.delete(messages).where(messages.c.internal_id.in_(_ids())))
+_WAITING_DISCARDS = DirectStatement(sa.select(
     discard_notifications.c.shadow_context, discard_notifications.c.shadow_message_id
-).where(discard_notifications.c.shadow_message_id.in_(_ids()))
-_INSERT_DISCARD = sa.insert(discard_notifications)
+).where(discard_notifications.c.shadow_message_id.in_(_ids())))
+_INSERT_DISCARD = DirectStatement(
+    sa.insert(discard_notifications),
+    column_keys=["shadow_context", "shadow_message_id", "created_at", "internet_message_id"])
 
 
 def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: Report,
@@ -578,9 +573,8 @@ def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: R
     pending: set[int] = set()
     shadowed: set[int] = set()
     for chunk in _chunks(ids):
-        pending.update(int(i) for i in conn.execute(_PENDING_OF, {"ids": list(chunk)}).scalars())
-        shadowed.update(int(i) for i in conn.execute(_SHADOWED_OF,
-                                                     {"ids": list(chunk)}).scalars())
+        pending.update(int(i) for i in _PENDING_OF.scalars(conn, {"ids": chunk}))
+        shadowed.update(int(i) for i in _SHADOWED_OF.scalars(conn, {"ids": chunk}))
     done = [i for i in ids if i not in pending]
     known = known or {}
     envelopes = {i: known[i] for i in done if i in known}
@@ -599,9 +593,9 @@ def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: R
             settled.deleted = True
         report.settled.append(settled)
     for chunk in _chunks(keep):
-        conn.execute(_KEEP_AS_SHADOW, {"ids": list(chunk)})
+        _KEEP_AS_SHADOW.run(conn, {"ids": chunk})
     for chunk in _chunks(delete):
-        conn.execute(_DELETE_MESSAGES, {"ids": list(chunk)})
+        _DELETE_MESSAGES.run(conn, {"ids": chunk})
 
 
 def _queue_discards(conn: Connection, envelopes: Sequence[Envelope], now: float) -> set[int]:
@@ -613,10 +607,11 @@ def _queue_discards(conn: Connection, envelopes: Sequence[Envelope], now: float)
         return set()
     shadow_ids = sorted({shadow_id for _, shadow_id in wanted})
     for start in range(0, len(shadow_ids), _CHUNK):
-        for row in conn.execute(_WAITING_DISCARDS, {"ids": shadow_ids[start:start + _CHUNK]}):
-            wanted.pop((row.shadow_context, row.shadow_message_id), None)
+        for context, shadow_id in _WAITING_DISCARDS.rows(
+                conn, {"ids": shadow_ids[start:start + _CHUNK]}):
+            wanted.pop((context, shadow_id), None)
     if wanted:
-        conn.execute(_INSERT_DISCARD, [
+        _INSERT_DISCARD.run_many(conn, [
             {"shadow_context": context, "shadow_message_id": shadow_id, "created_at": now,
              "internet_message_id": envelope.message_id}
             for (context, shadow_id), envelope in wanted.items()])
@@ -635,31 +630,30 @@ class WaitingDiscard:
     message_id: str
 
 
-_WAITING_FOR_CONTEXT = (
+_WAITING_FOR_CONTEXT = DirectStatement(
     sa.select(discard_notifications.c.id, discard_notifications.c.shadow_message_id,
               discard_notifications.c.internet_message_id)
     .where(discard_notifications.c.shadow_context == sa.bindparam("b_context"))
     .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
     .limit(sa.bindparam("b_limit"))
 )
-_DELETE_DISCARD = sa.delete(discard_notifications).where(
+_DELETE_DISCARD = DirectStatement(sa.delete(discard_notifications).where(
     discard_notifications.c.id == sa.bindparam("b_id"),
-    discard_notifications.c.shadow_message_id == sa.bindparam("b_shadow"))
+    discard_notifications.c.shadow_message_id == sa.bindparam("b_shadow")))
 
 
 def waiting_discards(conn: Connection, context: str, limit: int) -> list[WaitingDiscard]:
     """Up to ``limit`` of ``context``'s discard notifications, oldest first (D.6)."""
-    return [WaitingDiscard(int(r.id), r.shadow_message_id, r.internet_message_id or "")
-            for r in conn.execute(_WAITING_FOR_CONTEXT, {"b_context": context,
-                                                         "b_limit": limit})]
+    return [WaitingDiscard(int(row_id), shadow_id, message_id or "")
+            for row_id, shadow_id, message_id in _WAITING_FOR_CONTEXT.rows(
+                conn, {"b_context": context, "b_limit": limit})]
 
 
 def delete_discards(conn: Connection, handed: Sequence[WaitingDiscard]) -> None:
     """Notifications handed out: gone. Matched on the shadow id too: SQLite may give a
     deleted row's id to a new notification, which must not go unseen."""
-    if handed:
-        conn.execute(_DELETE_DISCARD, [{"b_id": r.id, "b_shadow": r.shadow_message_id}
-                                       for r in handed])
+    _DELETE_DISCARD.run_many(conn, [{"b_id": r.id, "b_shadow": r.shadow_message_id}
+                                    for r in handed])
 
 
 def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[str, str]]:
@@ -670,15 +664,16 @@ def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[
     return [(r.shadow_message_id, r.message_id) for r in rows]
 
 
-_SHADOWS_OF_PRIMARY = sa.select(
+_SHADOWS_OF_PRIMARY = DirectStatement(sa.select(
     shadow_messages.c.id, shadow_messages.c.internal_id, shadow_messages.c.shadow_message_id
 ).where(shadow_messages.c.primary_server == sa.bindparam("b_primary"),
-        shadow_messages.c.shadow_message_id.in_(_ids()))
-_HANDED_TO = sa.select(recipients.c.internal_id, recipients.c.address).where(
-    recipients.c.internal_id.in_(_ids()), recipients.c.delivered_to == sa.bindparam("b_primary"))
-_DELETE_SHADOWS = sa.delete(shadow_messages).where(shadow_messages.c.id.in_(_ids()))
-_DELETE_SHADOW_MESSAGES = sa.delete(messages).where(
-    messages.c.internal_id.in_(_ids()), messages.c.state == SHADOW)
+        shadow_messages.c.shadow_message_id.in_(_ids())))
+_HANDED_TO = DirectStatement(sa.select(recipients.c.internal_id, recipients.c.address).where(
+    recipients.c.internal_id.in_(_ids()), recipients.c.delivered_to == sa.bindparam("b_primary")))
+_DELETE_SHADOWS = DirectStatement(
+    sa.delete(shadow_messages).where(shadow_messages.c.id.in_(_ids())))
+_DELETE_SHADOW_MESSAGES = DirectStatement(sa.delete(messages).where(
+    messages.c.internal_id.in_(_ids()), messages.c.state == SHADOW))
 
 
 def apply_discards(
@@ -690,27 +685,27 @@ def apply_discards(
     shadow id) per shadow dropped."""
     if not shadow_message_ids:
         return []
-    rows: list[Any] = []
+    rows: list[Sequence[Any]] = []  # (shadow row id, internal id, shadow message id)
     for start in range(0, len(shadow_message_ids), _CHUNK):
-        rows.extend(conn.execute(_SHADOWS_OF_PRIMARY, {
-            "b_primary": primary, "ids": list(shadow_message_ids[start:start + _CHUNK])}))
+        rows.extend(_SHADOWS_OF_PRIMARY.rows(conn, {
+            "b_primary": primary, "ids": shadow_message_ids[start:start + _CHUNK]}))
     if not rows:
         return []
-    ids = [int(r.internal_id) for r in rows]
-    shadow_ids = {int(r.internal_id): r.shadow_message_id for r in rows}
+    ids = [int(r[1]) for r in rows]
+    shadow_ids = {int(r[1]): r[2] for r in rows}
     handed: dict[int, list[str]] = defaultdict(list)
     still: set[int] = set()
     for chunk in _chunks(ids):
-        for row in conn.execute(_HANDED_TO, {"ids": list(chunk), "b_primary": primary}):
-            handed[int(row.internal_id)].append(row.address)
+        for internal_id, address in _HANDED_TO.rows(conn, {"ids": chunk, "b_primary": primary}):
+            handed[int(internal_id)].append(address)
     for start in range(0, len(rows), _CHUNK):
-        conn.execute(_DELETE_SHADOWS, {"ids": [r.id for r in rows[start:start + _CHUNK]]})
+        _DELETE_SHADOWS.run(conn, {"ids": [r[0] for r in rows[start:start + _CHUNK]]})
     envelopes = _envelopes(conn, ids)
     for chunk in _chunks(ids):
-        still.update(int(i) for i in conn.execute(_SHADOWED_OF, {"ids": list(chunk)}).scalars())
-    deleted = [i for i in set(ids) if i not in still]
-    for chunk in _chunks(deleted):
-        conn.execute(_DELETE_SHADOW_MESSAGES, {"ids": list(chunk)})
+        still.update(int(i) for i in _SHADOWED_OF.scalars(conn, {"ids": chunk}))
+    deleted = {i for i in ids if i not in still}
+    for chunk in _chunks(sorted(deleted)):
+        _DELETE_SHADOW_MESSAGES.run(conn, {"ids": chunk})
     return [(envelopes[i], i in deleted, tuple(handed[i]), shadow_ids[i])
             for i in ids if i in envelopes]
 
