@@ -810,3 +810,31 @@ def test_log_rows_are_quoted_as_the_csv_module_quotes_them(values):
     expected = io.StringIO()
     csv.writer(expected, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n").writerow(values)
     assert _csv_line(values) == expected.getvalue()
+
+
+_FIELD_TEXT = st.text(alphabet=st.sampled_from(['a', ' ', ',', '"', '\r', '\n', 'é']), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(connector=_FIELD_TEXT, local=_FIELD_TEXT, remote=_FIELD_TEXT, data=_FIELD_TEXT,
+       context=_FIELD_TEXT)
+def test_protocol_rows_are_quoted_as_the_csv_module_quotes_them(connector, local, remote, data,
+                                                                context):
+    """A protocol session's row, built from pre-quoted session columns, is exactly the row
+    csv.writer(QUOTE_MINIMAL, CRLF) writes for the same nine values."""
+    import csv
+    import io
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        log = ProtocolLog(Path(directory), kind="SmtpSend", clock=clock_at(NOON))
+        session = log.open_session(connector, local, remote)
+        session.info(data, context)
+        log.close()
+        (path,) = (Path(directory) / "SmtpSend").iterdir()
+        written = path.read_bytes().decode("utf-8").split("#Fields: ")[1].split("\r\n", 1)[1]
+    expected = io.StringIO()
+    csv.writer(expected, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n").writerow(
+        ["2026-11-28T13:00:00.000Z", connector, session.session_id, "0", local, remote, "*",
+         data, context])
+    assert written == expected.getvalue()

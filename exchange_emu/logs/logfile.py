@@ -33,6 +33,7 @@ __all__ = [
     "SOFTWARE",
     "VERSION",
     "RollingLogFile",
+    "csv_field",
     "format_timestamp",
     "iter_csv_records",
     "log_file_name",
@@ -125,7 +126,7 @@ def parse_log_file_name(name: str, prefix: str | None = None) -> tuple[str, int]
     return match["date"], int(match["n"])
 
 
-def _csv_field(value: str) -> str:
+def csv_field(value: str) -> str:
     """One value as ``csv.QUOTE_MINIMAL`` writes it: quoted when it holds a comma, a quote
     or a line break, quotes doubled."""
     if '"' in value:
@@ -147,7 +148,7 @@ def _csv_line(values: Sequence[str]) -> str:
     ):
         return line + "\r\n"  # the usual row, without the csv module's cost
     if len(values) > 1:  # the csv module's minimal quoting, at a fraction of its cost
-        return ",".join(map(_csv_field, values)) + "\r\n"
+        return ",".join(map(csv_field, values)) + "\r\n"
     out = io.StringIO()
     csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n").writerow(values)
     return out.getvalue()
@@ -271,10 +272,15 @@ class RollingLogFile:
         """Buffer one row; roll to a new file first on a date change or when full."""
         if len(values) != len(self.fields):
             raise ValueError(f"expected {len(self.fields)} values, got {len(values)}")
+        self.write_line(_csv_line(values))
+
+    def write_line(self, text: str) -> None:
+        """Buffer one row already in CSV form (every field quoted as :func:`csv_field` does,
+        ``\r\n`` at the end): the protocol logs' per-line path."""
         # A peer's bytes that are not UTF-8 (kept as surrogates) are logged escaped
         # (``\udcff``): a log line must never fail because of what a client sent.
-        line = _csv_line(values).encode("utf-8", "backslashreplace")
-        now = self.now()
+        line = text.encode("utf-8", "backslashreplace")
+        now = self._clock.seconds()
         if int(now // 86400) != self._day_number:
             self._day_number = int(now // 86400)
             self._day_text = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d")
