@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
@@ -22,7 +22,7 @@ from exchange_emu.transport.jobs import delete_discards, waiting_discards
 CONTEXT = "EDGE01-context"
 
 
-class DiscardHandOutTests(TestCase):
+class _WithQueueDatabase(TestCase):
     def setUp(self) -> None:
         directory = Path(tempfile.mkdtemp(prefix="exchange-emu-test-"))
         self.addCleanup(shutil.rmtree, directory, True)
@@ -43,6 +43,14 @@ class DiscardHandOutTests(TestCase):
             return list(conn.execute(sa.select(discard_notifications.c.shadow_message_id)
                                      .order_by(discard_notifications.c.id)).scalars())
         return await self.db.read(select)
+
+
+class DiscardHandOutTests(_WithQueueDatabase):
+    """Without a clock: every query reads the database."""
+
+    @staticmethod
+    def row_ids(conn: sa.Connection) -> list[int]:
+        return list(conn.execute(sa.select(discard_notifications.c.id)).scalars())
 
     async def test_oldest_first_up_to_the_maximum_then_deleted(self):
         await self.notify(5)
@@ -114,14 +122,93 @@ class DiscardHandOutTests(TestCase):
         await self.db.write(lambda conn: None)
         assert await self.remaining() == ["shadow-1"]
         third = await handout.take(CONTEXT, 5)
-        assert [(t.id, t.shadow_message_id) for t in third] == [(first[0].id, "shadow-1")]
+        assert [t.shadow_message_id for t in third] == ["shadow-1"]
 
     async def test_a_stale_delete_spares_a_new_notification_with_the_same_row_id(self):
         await self.notify(1)
         (old,) = await self.db.read(waiting_discards, CONTEXT, 5)
-        await self.db.write(delete_discards, [old])
+        old_row = await self.db.read(self.row_ids)
+        await self.db.write(delete_discards, CONTEXT, [old.shadow_message_id])
         await self.notify(1, first=1)
-        (new,) = await self.db.read(waiting_discards, CONTEXT, 5)
-        assert new.id == old.id  # SQLite gave the freed id to the new row
-        await self.db.write(delete_discards, [old])  # handed out twice, deleted twice
+        assert await self.db.read(self.row_ids) == old_row  # SQLite reused the freed id
+        # handed out twice, deleted twice
+        await self.db.write(delete_discards, CONTEXT, [old.shadow_message_id])
         assert await self.remaining() == ["shadow-1"]
+
+
+class CountedReads:
+    """The queue database, counting the reads made through it."""
+
+    def __init__(self, db: QueueDatabase) -> None:
+        self.db, self.reads = db, 0
+
+    def read(self, *args: Any) -> Deferred[Any]:
+        self.reads += 1
+        return self.db.read(*args)
+
+    def write(self, *args: Any) -> Deferred[Any]:
+        return self.db.write(*args)
+
+
+class FedDiscardHandOutTests(_WithQueueDatabase):
+    """With a clock, notifications fed in as they are committed are handed out from memory;
+    the database is read at a holder's first query and every sweep interval after."""
+
+    def make(self) -> tuple[DiscardHandOut, CountedReads, task.Clock]:
+        clock = task.Clock()
+        database = CountedReads(self.db)
+        return DiscardHandOut(database, clock, sweep_interval=5.0), database, clock  # type: ignore[arg-type]
+
+    async def test_fed_notifications_are_answered_without_a_read(self):
+        handout, database, clock = self.make()
+        assert await handout.take(CONTEXT, 10) == []  # the first query reads the database
+        assert database.reads == 1
+        await self.notify(2)
+        handout.queued(CONTEXT, "shadow-0", "<0@x>")
+        handout.queued(CONTEXT, "shadow-1", "<1@x>")
+        handout.queued("another holder", "shadow-9", "<9@x>")
+        clock.advance(1)
+        taken = await handout.take(CONTEXT, 10)
+        assert [(t.shadow_message_id, t.message_id) for t in taken] == [
+            ("shadow-0", "<0@x>"), ("shadow-1", "<1@x>")]
+        assert database.reads == 1
+        await self.db.write(lambda conn: None)  # the delete was queued before this write
+        assert await self.remaining() == []
+        assert await handout.take(CONTEXT, 10) == []
+
+    async def test_what_only_the_database_holds_comes_with_the_next_sweep_and_first(self):
+        """E.g. notifications prepared before a restart: read at the first query, or at the
+        first query a sweep interval after the last read, ahead of those fed in since."""
+        handout, database, clock = self.make()
+        assert await handout.take(CONTEXT, 10) == []
+        await self.notify(1)  # behind the hand-out's back
+        await self.notify(1, first=1)
+        handout.queued(CONTEXT, "shadow-1", "<1@x>")
+        clock.advance(4)
+        assert [t.shadow_message_id for t in await handout.take(CONTEXT, 10)] == ["shadow-1"]
+        await self.notify(1, first=2)
+        handout.queued(CONTEXT, "shadow-2", "<2@x>")
+        clock.advance(1)
+        taken = await handout.take(CONTEXT, 10)
+        assert [t.shadow_message_id for t in taken] == ["shadow-0", "shadow-2"]
+        assert database.reads == 2
+        await self.db.write(lambda conn: None)
+        assert await self.remaining() == []
+
+    async def test_a_read_never_brings_back_what_was_handed_out(self):
+        handout, _, clock = self.make()
+        await self.notify(2)
+        first = await handout.take(CONTEXT, 1)  # the sweep found both, one handed out
+        handout.queued(CONTEXT, "shadow-0", "<0@x>")  # its feed arrives late: ignored
+        clock.advance(5)
+        second = await handout.take(CONTEXT, 10)
+        assert [t.shadow_message_id for t in first + second] == ["shadow-0", "shadow-1"]
+
+    async def test_notifications_past_the_auto_discard_interval_are_forgotten(self):
+        handout, _, clock = self.make()
+        assert await handout.take(CONTEXT, 10) == []
+        handout.queued(CONTEXT, "shadow-0", "<0@x>")
+        clock.advance(3)
+        handout.queued(CONTEXT, "shadow-1", "<1@x>")
+        handout.forget_older_than(2)
+        assert [t.shadow_message_id for t in await handout.take(CONTEXT, 10)] == ["shadow-1"]

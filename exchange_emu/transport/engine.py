@@ -42,6 +42,7 @@ from exchange_emu.storage import QueueDatabase
 from exchange_emu.storage.queue import record_heartbeat, shadow_primaries
 from exchange_emu.transport import admin_jobs, jobs
 from exchange_emu.transport.delayed_ack import DELIVERED, SKIPPED, DelayedAcknowledgement
+from exchange_emu.transport.discard_handout import DiscardHandOut
 from exchange_emu.transport.routing import (
     LOCAL,
     MAILBOX,
@@ -143,6 +144,8 @@ class TransportEngine(service.Service):
         """This server's client TLS contexts (its certificate, the organization CA);
         None: no certificate, no STARTTLS."""
         self.delayed_ack: DelayedAcknowledgement | None = None
+        self.discards = DiscardHandOut(database, self.clock)
+        """The discard notifications this server prepared, as XQDISCARD hands them out."""
         self.categorizer = Categorizer(self)
         self.shadow = ShadowRedundancy(self)
         self.stopping = False
@@ -315,6 +318,10 @@ class TransportEngine(service.Service):
                 scenario = scenario_for_discard if settled.shadowed or scenario_for_discard == (
                     "C.3") else "E.6"
                 self.tracking.discard_prepared(settled.envelope, scenario)
+                envelope = settled.envelope
+                if envelope.shadow_context and envelope.shadow_message_id:
+                    self.discards.queued(envelope.shadow_context, envelope.shadow_message_id,
+                                         envelope.message_id)
             if settled.envelope.mapi_submission:
                 self.track(_run(self.report_ownership(settled), "ownership report"))
 
@@ -855,6 +862,8 @@ class ShadowRedundancy:
             engine.tracking.shadow_discarded(envelope, "", reason="auto-discard")
         await engine.database.write(
             jobs.expire_discards, now - engine.settings.shadow_message_auto_discard_interval)
+        engine.discards.forget_older_than(
+            now - engine.settings.shadow_message_auto_discard_interval)
         primaries = await engine.database.read(shadow_primaries)
         for primary in primaries:
             last = max(self.last_contact.get(primary, self.started_at),

@@ -625,42 +625,42 @@ def _queue_discards(conn: Connection, envelopes: Sequence[Envelope], now: float)
 class WaitingDiscard:
     """A discard notification waiting for its holder's ``XQDISCARD``."""
 
-    id: int
     shadow_message_id: str
     message_id: str
 
 
 _WAITING_FOR_CONTEXT = DirectStatement(
-    sa.select(discard_notifications.c.id, discard_notifications.c.shadow_message_id,
+    sa.select(discard_notifications.c.shadow_message_id,
               discard_notifications.c.internet_message_id)
     .where(discard_notifications.c.shadow_context == sa.bindparam("b_context"))
     .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
     .limit(sa.bindparam("b_limit"))
 )
 _DELETE_DISCARD = DirectStatement(sa.delete(discard_notifications).where(
-    discard_notifications.c.id == sa.bindparam("b_id"),
+    discard_notifications.c.shadow_context == sa.bindparam("b_context"),
     discard_notifications.c.shadow_message_id == sa.bindparam("b_shadow")))
 
 
 def waiting_discards(conn: Connection, context: str, limit: int) -> list[WaitingDiscard]:
     """Up to ``limit`` of ``context``'s discard notifications, oldest first (D.6)."""
-    return [WaitingDiscard(int(row_id), shadow_id, message_id or "")
-            for row_id, shadow_id, message_id in _WAITING_FOR_CONTEXT.rows(
+    return [WaitingDiscard(shadow_id, message_id or "")
+            for shadow_id, message_id in _WAITING_FOR_CONTEXT.rows(
                 conn, {"b_context": context, "b_limit": limit})]
 
 
-def delete_discards(conn: Connection, handed: Sequence[WaitingDiscard]) -> None:
-    """Notifications handed out: gone. Matched on the shadow id too: SQLite may give a
-    deleted row's id to a new notification, which must not go unseen."""
-    _DELETE_DISCARD.run_many(conn, [{"b_id": r.id, "b_shadow": r.shadow_message_id}
-                                    for r in handed])
+def delete_discards(conn: Connection, context: str, shadow_message_ids: Sequence[str]) -> None:
+    """Notifications handed out: gone. By context and shadow id, not row id: SQLite may give
+    a deleted row's id to a new notification, which must not go unseen; a notification with
+    the same context and shadow id says what the holder was just told."""
+    _DELETE_DISCARD.run_many(conn, [{"b_context": context, "b_shadow": shadow_id}
+                                    for shadow_id in shadow_message_ids])
 
 
 def hand_out_discards(conn: Connection, context: str, limit: int) -> list[tuple[str, str]]:
     """The primary's side of ``XQDISCARD`` in one transaction: up to ``limit`` of
     ``context``'s notifications, oldest first, deleted (D.6)."""
     rows = waiting_discards(conn, context, limit)
-    delete_discards(conn, rows)
+    delete_discards(conn, context, [r.shadow_message_id for r in rows])
     return [(r.shadow_message_id, r.message_id) for r in rows]
 
 

@@ -26,7 +26,6 @@ from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
 from exchange_emu.transport import jobs
 from exchange_emu.transport.delayed_ack import DelayedAcknowledgement
-from exchange_emu.transport.discard_handout import DiscardHandOut
 from exchange_emu.transport.engine import TransportEngine
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
 from exchange_emu.transport.store_driver import HubStoreDriver
@@ -110,7 +109,7 @@ class TransportServer(service.MultiService):
             self.engine.store_driver = self.store_driver
             self.store_driver.on_link_up = self.engine.mailbox_server_reachable
             self.store_driver.setServiceParent(self)
-        discards = DiscardHandOut(self.database)
+        discards = self.engine.discards
         self.connectors: dict[str, tuple[TransportReceivePolicy, ExchangeESMTPFactory]] = {}
         """Each receive connector's policy and SMTP factory, by name (Set-ReceiveConnector)."""
         for connector in server.receive_connectors:
