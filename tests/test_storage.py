@@ -166,6 +166,25 @@ class _QueueDatabaseBehaviour:
         await db.stopService()
         await self.assertFailure(QueueStore(db).accept_message(_message()), StorageError)
 
+    async def test_a_reader_keeps_its_sqlite_connection_until_a_read_fails(self) -> None:
+        """On a SQLite file a reader thread reuses its connection (no pool round trip per
+        read) and checks out another after a failed read; elsewhere each read checks one out."""
+        db = self.open_db(readers=1)
+        checkouts: list[object] = []
+        sa.event.listen(db.engine, "checkout", lambda *args: checkouts.append(args))
+
+        def fail(conn: Connection) -> None:
+            raise RuntimeError("this read fails")
+
+        def one(conn: Connection) -> Any:
+            return conn.exec_driver_sql("SELECT 1").scalar()
+
+        assert [await db.read(one), await db.read(one)] == [1, 1]
+        await self.assertFailure(db.read(fail), RuntimeError)
+        self.assertEqual(await db.read(one), 1)
+        sqlite = self.queue_db.backend == "sqlite"
+        self.assertEqual(len(checkouts), 2 if sqlite else 4)
+
     async def test_results_fire_on_reactor_thread(self) -> None:
         """Jobs run on the database's threads; their Deferreds fire on the reactor thread."""
         db = self.open_db()
@@ -688,6 +707,42 @@ def test_sqlite_connections_use_wal_and_full_sync(sqlite_queue_db: QueueDbUrl) -
             assert pragma("PRAGMA busy_timeout").scalar() == 7500
         path = sa.make_url(sqlite_queue_db.url).database
         assert path is not None and Path(path).exists()
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_write_transactions_take_the_write_lock_at_begin(
+        sqlite_queue_db: QueueDbUrl) -> None:
+    """A writer's transaction holds SQLite's write lock from its BEGIN (IMMEDIATE), so it
+    never fails half-way upgrading a read lock; a reader's (DEFERRED) takes none."""
+    import sqlite3
+
+    from exchange_emu.storage.engine import WRITE_OPTIONS
+
+    engine = create_queue_engine(sqlite_queue_db.url, busy_timeout=0)
+    path = sa.make_url(sqlite_queue_db.url).database
+    assert path is not None
+    upgrade(engine)
+
+    def second_writer_blocked() -> bool:
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError as error:
+            assert "locked" in str(error)
+            return True
+        finally:
+            other.close()
+
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**WRITE_OPTIONS)
+            with conn.begin():
+                assert second_writer_blocked()
+        with engine.connect() as conn, conn.begin():
+            assert not second_writer_blocked()
     finally:
         engine.dispose()
 

@@ -81,6 +81,21 @@ def _materialized(result: _T) -> _T:
     return result
 
 
+def _keeps_connections(engine: Engine) -> bool:
+    """Whether the database threads keep their connections between jobs: on a SQLite file
+    (checking a connection out of the pool and back, with its reset, cost about a tenth of
+    a hub's Python CPU); other backends check one out per job, so that ``pool_pre_ping``
+    replaces a connection the server dropped."""
+    return engine.dialect.name == "sqlite" and not is_sqlite_memory(engine.url)
+
+
+def _close_quietly(conn: Connection | None) -> None:
+    """Close ``conn`` if there is one, keeping any error of the job that failed."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
 def _one_line(exc: BaseException) -> str:
     """A one-line reason for ``exc``: the DB-API error's first line if there is one."""
     orig = getattr(exc, "orig", None)
@@ -379,12 +394,10 @@ class QueueDatabase(service.Service):
     def _transaction(self, engine: Engine, jobs: list[_Job]) -> list[Any]:
         """Run ``jobs`` in one write transaction and commit; return their results.
 
-        On a SQLite file the writer keeps its connection from one batch to the next (checking
-        a connection out of the pool and back, with its reset, cost about a tenth of a hub's
-        Python CPU); after a failed batch it takes a fresh one. Other backends check one out
-        per batch, so that ``pool_pre_ping`` replaces a connection the server dropped.
+        On a SQLite file the writer keeps its connection from one batch to the next
+        (:func:`_keeps_connections`); after a failed batch it takes a fresh one.
         """
-        keep = engine.dialect.name == "sqlite" and not is_sqlite_memory(engine.url)
+        keep = _keeps_connections(engine)
         conn = self._writer_conn if keep else None
         if conn is None:
             conn = engine.connect()
@@ -464,17 +477,31 @@ class QueueDatabase(service.Service):
                 return
 
     def _reader_loop(self, engine: Engine) -> None:
-        while True:
-            item = self._read_queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, _Job)
-            try:
-                with engine.connect() as conn, conn.begin():
-                    result = _materialized(item.fn(conn))
-            except Exception:
-                failure = Failure()
-                failure.cleanFailure()
-                self._deliver([(item.deferred, failure)])
-            else:
-                self._deliver([(item.deferred, result)])
+        """Each read in its own transaction; on a SQLite file on one connection kept by the
+        thread (as the writer does), elsewhere on one checked out per read."""
+        keep = _keeps_connections(engine)
+        conn: Connection | None = None
+        try:
+            while True:
+                item = self._read_queue.get()
+                if item is _STOP:
+                    return
+                assert isinstance(item, _Job)
+                try:
+                    if conn is None:
+                        conn = engine.connect()
+                    with conn.begin():
+                        result = _materialized(item.fn(conn))
+                except Exception:
+                    failure = Failure()
+                    failure.cleanFailure()
+                    _close_quietly(conn)  # a fresh connection for the next read
+                    conn = None
+                    self._deliver([(item.deferred, failure)])
+                else:
+                    if not keep:
+                        _close_quietly(conn)
+                        conn = None
+                    self._deliver([(item.deferred, result)])
+        finally:
+            _close_quietly(conn)
