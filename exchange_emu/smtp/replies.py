@@ -8,6 +8,7 @@ the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,14 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply on the wire: ``250-a`` … ``250 z``, each line ended by CRLF."""
+        return self._wire
+
+    def __str__(self) -> str:
+        return self._display
+
+    # Worked out once per reply: the fixed replies below go out once or more per message.
+    @cached_property
+    def _wire(self) -> bytes:
         out = []
         last = len(self.lines) - 1
         for i, line in enumerate(self.lines):
@@ -46,7 +55,8 @@ class Reply:
             out.append(f"{self.code}{sep}{line}".rstrip(" ") + "\r\n")
         return "".join(out).encode("utf-8", "surrogateescape")
 
-    def __str__(self) -> str:
+    @cached_property
+    def _display(self) -> str:
         return " / ".join(f"{self.code} {line}" for line in self.lines)
 
 
