@@ -170,6 +170,26 @@ class EngineTests(EngineHarness):
         self.assertIsNone(await self.store.get_message(internal_id))
         self.assertEqual([e.step for e in self.events("HADISCARD")], ["D.5", "D.7"])
 
+    async def test_as_primary_a_prepared_notification_is_handed_out_without_a_read(self):
+        """D.4.4 → D.6: once the delivery of a message that came with XSHADOW= is recorded,
+        the engine gives its discard notification to the XQDISCARD hand-out, which answers
+        the holder's next query from memory, before any database read would find it."""
+        await self.start()
+        context = "EDGE01-shadow-context"
+        assert await self.engine.discards.take(context, 50) == []  # the holder's first query
+        internal_id = await self.store.accept_message(NewMessage(
+            sender="alice@contoso.test", recipients=("erin@fabrikam.test",),
+            received_at=self.clock.seconds(), body=b"Subject: unit\r\n\r\nbody\r\n",
+            message_id="<primary@contoso.test>", subject="unit", shadow_context=context,
+            shadow_message_id="shadow-1"))
+        self.engine.submitted(internal_id)
+        await self.settle()
+        self.assertEqual(len(self.fakes["HUB02"].stored), 1)
+        self.assertEqual([e.step for e in self.events("NOTIFYSHADOW")], ["D.4.4"])
+        taken = await self.engine.discards.take(context, 50)  # within the sweep interval
+        self.assertEqual([(t.shadow_message_id, t.message_id) for t in taken],
+                         [("shadow-1", "<primary@contoso.test>")])
+
     async def test_shadow_kept_until_its_discard(self):
         """Heartbeats that bring no discard leave the shadow copy alone."""
         await self.start()
