@@ -58,7 +58,7 @@ class BodySpool:
         if first_break < 0:
             self._line_length += len(data)
         else:
-            longest = max(len(line) for line in data[first_break + 1 :].split(b"\n"))
+            longest = max(map(len, data[first_break + 1 :].split(b"\n")))
             longest_first = self._line_length + first_break
             self._line_length = len(data) - data.rfind(b"\n") - 1
             if max(longest, longest_first) > self.max_line_length + 1:

@@ -8,7 +8,6 @@ the same bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -40,24 +39,23 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply on the wire: ``250-a`` … ``250 z``, each line ended by CRLF."""
-        return self._wire
+        wire: bytes | None = self.__dict__.get("_wire")
+        if wire is None:  # worked out once per reply: the fixed ones go out for every message
+            out = []
+            last = len(self.lines) - 1
+            for i, line in enumerate(self.lines):
+                sep = " " if i == last else "-"
+                out.append(f"{self.code}{sep}{line}".rstrip(" ") + "\r\n")
+            wire = "".join(out).encode("utf-8", "surrogateescape")
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
     def __str__(self) -> str:
-        return self._display
-
-    # Worked out once per reply: the fixed replies below go out once or more per message.
-    @cached_property
-    def _wire(self) -> bytes:
-        out = []
-        last = len(self.lines) - 1
-        for i, line in enumerate(self.lines):
-            sep = " " if i == last else "-"
-            out.append(f"{self.code}{sep}{line}".rstrip(" ") + "\r\n")
-        return "".join(out).encode("utf-8", "surrogateescape")
-
-    @cached_property
-    def _display(self) -> str:
-        return " / ".join(f"{self.code} {line}" for line in self.lines)
+        display: str | None = self.__dict__.get("_display")
+        if display is None:
+            display = " / ".join(f"{self.code} {line}" for line in self.lines)
+            object.__setattr__(self, "_display", display)
+        return display
 
 
 def r(code: int, text: str) -> Reply:
