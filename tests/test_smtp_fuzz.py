@@ -109,3 +109,20 @@ def test_shadow_identifiers_parse_or_give_a_syntax_error(text):
 @given(st.text(max_size=60))
 def test_xtext_round_trips(text):
     assert xtext_decode(xtext_encode(text)) == text
+
+
+@FUZZ
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=300), max_size=40)
+       | st.text(alphabet="+=  aF09Gz\x7f\t", max_size=12))
+def test_xtext_without_escapes_decodes_as_character_by_character(text):
+    """The shortcut for text with nothing escaped gives what the full decoder gives
+    (the same text, or the same syntax error)."""
+    from exchange_emu.smtp.envelope import _decode_xtext_escapes
+
+    def outcome(decode):
+        try:
+            return decode(text)
+        except EnvelopeSyntaxError as error:
+            return ("error", str(error))
+
+    assert outcome(xtext_decode) == outcome(_decode_xtext_escapes)

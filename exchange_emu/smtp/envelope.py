@@ -93,6 +93,13 @@ def is_number(text: str) -> bool:
 
 def xtext_decode(text: str) -> str:
     """Decode RFC 3461 xtext (``+XX`` hex escapes of UTF-8 bytes; Latin-1 if not UTF-8)."""
+    if text.isascii() and text.isprintable() and not any(c in text for c in "+= "):
+        return text  # nothing escaped (every shadow message id): the common case, at once
+    return _decode_xtext_escapes(text)
+
+
+def _decode_xtext_escapes(text: str) -> str:
+    """:func:`xtext_decode` character by character."""
     out = bytearray()
     i = 0
     while i < len(text):
