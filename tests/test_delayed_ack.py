@@ -21,6 +21,7 @@ from exchange_emu.transport.delayed_ack import (
     DelayedAcknowledgement,
     format_tarpit,
 )
+from exchange_emu.transport.engine import EXPEDITE_FIRST
 from exchange_emu.transport.receive_policy import TransportReceivePolicy
 from exchange_emu.transport.routing import RoutingFailure
 from exchange_emu.transport.server import receive_settings
@@ -132,6 +133,19 @@ class DelayedAckTests(EngineHarness):
         assert 0 < held <= self.clock.seconds() - sent_at
         steps = [s for e in self.log.events for s in e.steps]
         assert steps.index("F.6") < steps.index("F.7") < steps.index("F.8")
+
+    async def test_the_first_discard_query_comes_expedite_first_after_the_shadow(self):
+        """F.6: the holder asks the primary EXPEDITE_FIRST after recording the shadow copy
+        (a held 250 waits for it), not a moment sooner, not at the heartbeat."""
+        await self.start_with_client()
+        await self.send()
+        stored = self.fakes["HUB02"].stored[0].message
+        self.fakes["HUB02"].discards[stored.session.shadow_context] = [
+            stored.shadow_message_id]
+        await self.advance(EXPEDITE_FIRST * 0.9, step=EXPEDITE_FIRST * 0.9)
+        assert self.reply() == b""
+        await self.advance(EXPEDITE_FIRST * 0.1, step=EXPEDITE_FIRST * 0.1)
+        assert self.reply().startswith(b"250 2.6.0 ")
 
     async def test_the_250_goes_out_before_the_deletion_commits(self):
         """F.7 before F.8: the message is durably queued and has reached its next hop

@@ -61,11 +61,14 @@ MAX_SESSIONS_PER_QUEUE = 20
 MESSAGES_PER_SESSION = 20
 """Exchange's MaxMessagesPerConnection (send side)."""
 UNREACHABLE = "Unreachable"
-EXPEDITE_FIRST = 0.005
+EXPEDITE_FIRST = 0.002
 """Seconds before the first discard query for a message whose 250 is held (F.6); the
 queries back off, doubling, to EXPEDITE_MAX while nothing new is held. The held 250 waits
 for the answer, so the first queries come soon: a query is a short session (EHLO, XSHADOW,
-XQDISCARD, QUIT), and none is made while a session to that primary is open anyway."""
+XQDISCARD, QUIT), and none is made while a session to that primary is open anyway. The
+query starts once this server recorded the session that made the shadow copy; by then the
+primary has usually recorded its own delivery too, and answers from memory, so with one
+sender 2 ms missed almost never (5 ms cost a fifth of the throughput; 0 missed often)."""
 EXPEDITE_MAX = 2.0
 EARLY_DISCARD_TTL = 600.0
 """How long a discard notification that arrived before its shadow copy was recorded is kept."""
