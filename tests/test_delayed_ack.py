@@ -147,6 +147,21 @@ class DelayedAckTests(EngineHarness):
         await self.advance(EXPEDITE_FIRST * 0.1, step=EXPEDITE_FIRST * 0.1)
         assert self.reply().startswith(b"250 2.6.0 ")
 
+    async def test_failed_early_queries_do_not_count_as_failed_heartbeats(self):
+        """The early discard queries for a held 250 come milliseconds apart; were their
+        failures counted, a primary down for a moment would be taken over. Only the
+        heartbeats, one per ShadowHeartbeatTimeoutInterval (10 s here), count failures."""
+        await self.start_with_client(retry_count=2)
+        await self.send()
+        assert await self.primaries() == {"HUB02": 1}
+        await self.stop_fake("HUB02")
+        await self.advance(5, step=0.05)  # many early queries, all refused
+        assert self.events("RESUBMIT") == []
+        assert await self.primaries() == {"HUB02": 1}
+        await self.advance(20, step=0.5)  # two heartbeat intervals: two failed heartbeats
+        assert [e.custom_data.get("reason") for e in self.events("RESUBMIT")] == [
+            "heartbeat retry count reached"]
+
     async def test_the_250_goes_out_before_the_deletion_commits(self):
         """F.7 before F.8: the message is durably queued and has reached its next hop
         once the discard comes back, so the 250 does not wait for the delete's commit."""

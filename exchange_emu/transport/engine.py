@@ -935,12 +935,17 @@ class ShadowRedundancy:
             # A session to that primary is open: its XQDISCARD will ask anyway.
             self._schedule_expedited(primary, delay)
             return
-        d = engine.track(_run(self.heartbeat(primary), f"discard query to {primary}"))
+        d = engine.track(_run(self.heartbeat(primary, expedited=True),
+                              f"discard query to {primary}"))
         d.addBoth(lambda _: self._schedule_expedited(primary, delay))
 
-    async def heartbeat(self, primary: str) -> None:
+    async def heartbeat(self, primary: str, expedited: bool = False) -> None:
         """No session went to ``primary`` for a heartbeat interval: EHLO, XSHADOW,
-        XQDISCARD, QUIT — a complete XQDISCARD reply is a successful heartbeat."""
+        XQDISCARD, QUIT — a complete XQDISCARD reply is a successful heartbeat.
+
+        ``expedited``: an early discard query for a held 250 (F.6), made milliseconds
+        apart; its success counts, its failure does not (the heartbeats, one per interval,
+        count those), or a primary restarting for a moment would be taken over."""
         engine = self.engine
         try:
             server = engine.organization.server(primary)
@@ -953,14 +958,15 @@ class ShadowRedundancy:
         request = SessionRequest(helo=engine.server.fqdn, shadow_context=engine.shadow_context,
                                  discard_max=engine.settings.xqdiscard_max_events)
         outcome, reached = await self.session(hop, request)
-        await self.contact(target, outcome, heartbeat=True)
+        await self.contact(target, outcome, heartbeat=True, count_failure=not expedited)
         if reached is not None and outcome.shadowed and outcome.discards:
             await self.apply_discards(
                 primary, outcome.discards, outcome.discards_queried_at or engine.clock.seconds())
 
-    async def contact(self, target: Target, outcome: SessionOutcome, heartbeat: bool) -> None:
-        """Book a session to a (possible) primary: heartbeat success or failure, and
-        the database id check of protocol.md §2."""
+    async def contact(self, target: Target, outcome: SessionOutcome, heartbeat: bool,
+                      count_failure: bool = True) -> None:
+        """Book a session to a (possible) primary: heartbeat success or failure (unless
+        ``count_failure`` is false), and the database id check of protocol.md §2."""
         engine = self.engine
         primary = target.server or str(target.address)
         now = engine.clock.seconds()
@@ -969,6 +975,8 @@ class ShadowRedundancy:
         if not heartbeat and not outcome.shadowed:
             return  # not a shadow session: says nothing about a primary's health
         success = outcome.shadowed and outcome.discard_query in ("ok", "not-asked")
+        if not success and not count_failure:
+            return
         known = self._healthy.get(primary)
         if (success and known is not None and now - known[1] < self.interval
                 and outcome.primary_database_id in (None, known[0])):
