@@ -407,8 +407,7 @@ class QueueDatabase(service.Service):
                 results = [_materialized(job.fn(conn)) for job in jobs]
         except BaseException:
             self._writer_conn = None
-            with contextlib.suppress(Exception):  # the batch's own error is the one to report
-                conn.close()
+            _close_quietly(conn)  # the batch's own error is the one to report
             raise
         if keep:
             self._writer_conn = conn
