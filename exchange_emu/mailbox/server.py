@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -15,7 +14,7 @@ from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, Server
 from exchange_emu.faults import crash_point
-from exchange_emu.listening import DatabaseService, Listener
+from exchange_emu.listening import DatabaseService, Listener, RoleService
 from exchange_emu.logs.tracking_event import TrackingEvent, scenario_step
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
 from exchange_emu.mailbox.migrations import MAILBOX_MIGRATIONS
@@ -32,7 +31,7 @@ DELIVERED_TO_SWEEP = 3600.0
 """How often DeliveredTo entries past their retention are removed (seconds)."""
 
 
-class MailboxServer(service.MultiService):
+class MailboxServer(RoleService):
     """A mailbox server: databases, mailboxes, Outbox submission, store-driver delivery."""
 
     def __init__(self, organization: Organization, server: Server, reactor: Any,

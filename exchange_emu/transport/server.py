@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.application import service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from exchange_emu.directory import Organization, ReceiveConnector, Server, TransportSettings
 from exchange_emu.fault_plan import FaultPlan, FaultPlanWatcher
-from exchange_emu.listening import DatabaseService, Listener
+from exchange_emu.listening import DatabaseService, Listener, RoleService
 from exchange_emu.logs.protocol_log import ProtocolLog
 from exchange_emu.logs.tracking_log import MessageTrackingLog, server_tracking_log
 from exchange_emu.security.credentials import CertificateError, load_credentials
@@ -67,7 +66,7 @@ def receive_settings(
     )
 
 
-class TransportServer(service.MultiService):
+class TransportServer(RoleService):
     """A hub or edge transport server: queue database, logs, receive connectors."""
 
     def __init__(self, organization: Organization, server: Server, reactor: Any,
