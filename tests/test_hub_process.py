@@ -126,3 +126,29 @@ def test_sigkill_right_after_250_loses_nothing(tmp_path, queue_db):
     restarted.stop()
     for message_id in message_ids:
         assert _message_rows(queue_db.url, message_id) == 1
+
+
+def test_quoted_local_part_with_semicolon_is_accepted_and_tracked(tmp_path):
+    """A recipient ``"a;b"@…`` (RFC 5321 quoted local part) gets the 250 like any other
+    and its RECEIVE row names it whole: the tracking row used to raise after the commit,
+    so the sender got a 451 for a message the hub had queued (and would send again)."""
+    from exchange_emu.logs import read_tracking_logs
+
+    (port,) = free_ports(1)
+    config = small_org(tmp_path, port)
+    hub = ServerProcess("hub", config, "HUB01", tmp_path).start()
+    recipients = ['"a;b"@fabrikam.test', "erin@fabrikam.test"]
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            refused = client.sendmail("app@contoso.test", recipients,
+                                      "Message-ID: <semi@contoso.test>\r\nSubject: q\r\n\r\nx\r\n")
+        assert refused == {}
+    finally:
+        hub.stop()
+    assert "Traceback" not in hub.output
+    rows = [e for e in read_tracking_logs(
+        tmp_path / "var" / "HUB01" / "TransportRoles" / "Logs" / "MessageTracking")
+        if e.event_id == "RECEIVE" and e.message_id == "<semi@contoso.test>"]
+    # F.4 (queued) and F.7 (the 250 sent: delayed acknowledgement skipped, no route)
+    assert [(e.step, e.recipient_address) for e in rows] == [
+        ("F.4", tuple(recipients)), ("F.7", tuple(recipients))]

@@ -41,6 +41,7 @@ from exchange_emu.logs import (
     to_json,
 )
 from exchange_emu.logs.logfile import RollingLogFile
+from exchange_emu.logs.tracking_event import CustomData, event_to_row, scenario_steps
 
 NOON = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
 TRACKING_FIELDS_LINE = (
@@ -202,6 +203,23 @@ def test_single_recipient_status_may_contain_semicolons(tmp_path: Path) -> None:
     assert [e.recipient_status for e in read_tracking_logs(tmp_path)] == [(status,)]
 
 
+def test_quoted_local_part_with_semicolon_round_trips(tmp_path: Path) -> None:
+    """RFC 5321 lets a quoted local part hold ';': such an address is one recipient, written
+    as it is and read back whole, beside the others; a bare ';' is still refused."""
+    recipients = ('"a;b"@fabrikam.test', "erin@fabrikam.test", '"c\\";d"@fabrikam.test')
+    original = event(date_time=NOON, server_hostname="HUB01", server_ip="10.0.0.5",
+                     recipient_address=recipients,
+                     recipient_status=("250 2.1.5 OK",) * 3, recipient_count=3)
+    log = tracking_log(tmp_path, clock_at(NOON))
+    log.record(original)
+    log.close()
+    assert [e.recipient_address for e in read_tracking_logs(tmp_path)] == [recipients]
+    with pytest.raises(ValueError, match="outside its quotes"):
+        event(recipient_address=("a;b@fabrikam.test",))
+    with pytest.raises(ValueError, match="outside its quotes"):
+        event(recipient_address=('"a"@x;b@fabrikam.test',))
+
+
 def test_subject_logging_can_be_turned_off(tmp_path: Path) -> None:
     """MessageTrackingLogSubjectLoggingEnabled false leaves message-subject empty."""
     log = tracking_log(tmp_path, clock_at(NOON), subject_logging=False)
@@ -225,6 +243,58 @@ def test_custom_data_encodes_scenario_steps_as_typed_entries() -> None:
         "step": "F.7",
         "primary": "edge01",
     }
+
+
+_CUSTOM_TEXT = st.text(alphabet=st.sampled_from(["a", "%", ";", "=", ",", "é", ":"]),
+                       max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_CUSTOM_TEXT.filter(bool), _CUSTOM_TEXT, max_size=4))
+def test_custom_data_is_written_as_if_every_entry_were_escaped(data: dict[str, str]) -> None:
+    """The shortcut for entries with nothing to escape writes what escaping each would."""
+    def escape(text: str, *, key: bool) -> str:
+        text = text.replace("%", "%25").replace(";", "%3B")
+        return text.replace("=", "%3D") if key else text
+
+    expected = ";".join(f"S:{escape(k, key=True)}={escape(v, key=False)}"
+                        for k, v in data.items())
+    assert format_custom_data(data) == expected
+    assert format_custom_data(CustomData(data)) == expected
+    assert parse_custom_data(expected) == data
+
+
+def test_trusted_events_equal_checked_ones() -> None:
+    """TrackingEvent.trusted, given values in the form the checks leave them, builds the
+    same event as the checking constructor (the transport's rows use it)."""
+    values: dict[str, object] = dict(
+        event_id="SEND", source="SMTP", date_time=NOON, server_hostname="edge01.contoso.test",
+        connector_id="EDGE01 to HUB01", internal_message_id="7", message_id="<m@x>",
+        recipient_address=("erin@fabrikam.test",), recipient_status=("250 2.6.0 OK",),
+        total_bytes=10240, recipient_count=1, message_subject="s", sender_address="a@b.c",
+        return_path="a@b.c", custom_data=CustomData(scenario_steps("F.5", "D.1", x="1")))
+    checked = TrackingEvent(**values)  # type: ignore[arg-type]
+    trusted = TrackingEvent.trusted(**values)
+    assert trusted == checked
+    assert event_to_row(trusted) == event_to_row(checked)
+    assert TrackingEvent.trusted(event_id="SEND", source="SMTP") == TrackingEvent(
+        event_id="SEND", source="SMTP")
+
+
+def test_scenario_steps_are_checked_every_time() -> None:
+    """The checked step tuples are cached; a bad one raises on every call, not only the
+    first, and the cached result is not shared between rows."""
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            scenario_steps("D.1", "nope")
+        with pytest.raises(ValueError):
+            scenario_steps("D.1", "D.4.3x")
+        with pytest.raises(ValueError):
+            scenario_steps()
+    first = scenario_steps("D.1", "D.2", primary="p")
+    first["extra"] = "changed"
+    assert scenario_steps("D.1", "D.2", primary="q") == {
+        "scenario": "D", "step": "D.2", "primary": "q", "steps": "D.1,D.2"}
 
 
 def test_custom_data_escapes_separators_and_reads_exchange_entries() -> None:

@@ -147,6 +147,9 @@ def _csv_line(values: Sequence[str]) -> str:
         and "\n" not in line
     ):
         return line + "\r\n"  # the usual row, without the csv module's cost
+    if len(values) > 1 and '"' not in line and "\r" not in line and "\n" not in line:
+        # Only commas to quote (a tracking row's list of scenario steps): quote those values.
+        return ",".join([f'"{v}"' if "," in v else v for v in values]) + "\r\n"
     if len(values) > 1:  # the csv module's minimal quoting, at a fraction of its cost
         return ",".join(map(csv_field, values)) + "\r\n"
     out = io.StringIO()

@@ -9,10 +9,13 @@ joined with ``;`` (see :func:`format_custom_data`); the emulator puts the scenar
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
+from typing import Any
 
 from exchange_emu.logs.logfile import format_timestamp, parse_timestamp
 
@@ -133,9 +136,15 @@ def format_custom_data(data: Mapping[str, str]) -> str:
 
     ``%`` and ``;`` (and ``=`` in keys) are written as ``%25``, ``%3B``, ``%3D``.
     """
-    return ";".join(
-        f"S:{_escape(key, key=True)}={_escape(value, key=False)}" for key, value in data.items()
-    )
+    items = data._data.items() if isinstance(data, CustomData) else data.items()
+    entries = [f"S:{key}={value}" for key, value in items]
+    text = ";".join(entries)
+    # The usual entries need no escape: then the text holds one "=" and no "%" per entry
+    # and one ";" fewer than entries (tracking rows are written several times a message).
+    if "%" in text or text.count(";") != len(entries) - 1 or text.count("=") != len(entries):
+        text = ";".join(f"S:{_escape(key, key=True)}={_escape(value, key=False)}"
+                        for key, value in data.items())
+    return text
 
 
 def parse_custom_data(text: str) -> dict[str, str]:
@@ -176,6 +185,13 @@ class CustomData(Mapping[str, str]):
                 raise ValueError(f"custom-data must map non-empty str to str: {key!r}={value!r}")
         self._data = entries
 
+    @classmethod
+    def trusted(cls, data: dict[str, str]) -> CustomData:
+        """Wrap ``data`` (non-empty str keys, str values; not copied) without checking it."""
+        custom = object.__new__(cls)
+        custom._data = data
+        return custom
+
     def __getitem__(self, key: str) -> str:
         return self._data[key]
 
@@ -198,15 +214,24 @@ def scenario_steps(*steps: str, **extra: str) -> dict[str, str]:
 
     Gives ``{"scenario": "D", "step": "D.4.1", "steps": "D.1,D.2,D.3,D.4.1", **extra}``.
     """
+    scenario, last, joined = _checked_steps(steps)
+    data = {"scenario": scenario, "step": last, **extra}
+    if joined:
+        data["steps"] = joined
+    return data
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_steps(steps: tuple[str, ...]) -> tuple[str, str, str]:
+    """``steps`` checked once per distinct tuple (the transport's rows name a few fixed ones):
+    the scenario letter, the last step, and every step joined when there are several."""
     if not steps:
         raise ValueError("scenario_steps needs at least one step")
-    data = scenario_step(steps[-1], **extra)
-    for step in steps:
-        if not _STEP.match(step):
+    last = steps[-1]
+    for step in (last, *steps):
+        if not (_STEP.fullmatch(step) if step is last else _STEP.match(step)):
             raise ValueError(f"not a scenario step like 'D.4.3': {step!r}")
-    if len(steps) > 1:
-        data["steps"] = ",".join(steps)
-    return data
+    return last.split(".", 1)[0], last, ",".join(steps) if len(steps) > 1 else ""
 
 
 def _strings(value: Sequence[str] | str, name: str) -> tuple[str, ...]:
@@ -272,8 +297,9 @@ class TrackingEvent:
             set_(self, "date_time", moment.astimezone(UTC))
         recipients = _strings(self.recipient_address, "recipient_address")
         for address in recipients:
-            if not address or ";" in address:
-                raise ValueError(f"recipient address empty or containing ';': {address!r}")
+            if not address or (";" in address and split_addresses(address) != [address]):
+                raise ValueError(
+                    f"recipient address empty or with ';' outside its quotes: {address!r}")
         set_(self, "recipient_address", recipients)
         set_(self, "recipient_status", _strings(self.recipient_status, "recipient_status"))
         for name in ("total_bytes", "recipient_count"):
@@ -282,6 +308,15 @@ class TrackingEvent:
                 raise ValueError(f"{name} must be a non-negative int or None, got {number!r}")
         if not isinstance(self.custom_data, CustomData):
             set_(self, "custom_data", CustomData(self.custom_data))
+
+    @classmethod
+    def trusted(cls, **values: Any) -> TrackingEvent:
+        """An event from values already as :meth:`__post_init__` leaves them (upper-case
+        ids, tuples, aware UTC time, :class:`CustomData`), built without checking them: the
+        transport's own rows, several per relayed message."""
+        event = object.__new__(cls)
+        event.__dict__.update(_DEFAULTS, **values)
+        return event
 
     @property
     def step(self) -> str:
@@ -299,24 +334,24 @@ class TrackingEvent:
 
 _ATTRIBUTES: dict[str, str] = {column: column.replace("-", "_") for column in TRACKING_FIELDS}
 assert set(_ATTRIBUTES.values()) == {f.name for f in fields(TrackingEvent)}
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(TrackingEvent) if f.default is not MISSING}
+_DEFAULTS["custom_data"] = CustomData()  # immutable, so one empty instance serves every event
 
 
 def event_to_row(event: TrackingEvent) -> list[str]:
     """The event's column values, in :data:`TRACKING_FIELDS` order, ready for CSV."""
-    row: list[str] = []
-    append = row.append
-    for attribute, kind in _COLUMN_KINDS:
-        value = getattr(event, attribute)
-        if kind is None:
-            append(value)
-        elif kind == "date-time":
-            append(format_timestamp(value) if value is not None else "")
+    row: list[str] = list(_ALL_ATTRIBUTES(event))
+    for index, kind in _CONVERTED:
+        value = row[index]
+        if kind == "date-time":
+            row[index] = format_timestamp(value) if value is not None else ""  # type: ignore[arg-type]
         elif kind == "list":
-            append(";".join(value))
+            row[index] = ";".join(value)
         elif kind == "number":
-            append("" if value is None else str(value))
+            row[index] = "" if value is None else str(value)
         else:
-            append(format_custom_data(value))
+            row[index] = format_custom_data(value)  # type: ignore[arg-type]
     return row
 
 
@@ -335,6 +370,31 @@ _COLUMN_KINDS: tuple[tuple[str, str | None], ...] = tuple(
     for column in TRACKING_FIELDS
 )
 """Each column's event attribute and how its value is written (None: as it is)."""
+_ALL_ATTRIBUTES = operator.attrgetter(*(attribute for attribute, _ in _COLUMN_KINDS))
+_CONVERTED: tuple[tuple[int, str], ...] = tuple(
+    (index, kind) for index, (_, kind) in enumerate(_COLUMN_KINDS) if kind is not None)
+
+
+def split_addresses(text: str) -> list[str]:
+    """Split ``recipient-address`` at each ``;`` outside double quotes: an address with a
+    quoted local part (``"a;b"@contoso.test``, RFC 5321) may hold one. Empty parts dropped."""
+    if '"' not in text:
+        return [part for part in text.split(";") if part]
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ";" and not quoted:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return [part for part in parts if part]
 
 
 def _split_status(text: str, recipients: int) -> tuple[str, ...]:
@@ -365,7 +425,7 @@ def event_from_row(values: Mapping[str, str]) -> TrackingEvent:
     def get(column: str) -> str:
         return values.get(column, "") or ""
 
-    recipients = tuple(part for part in get("recipient-address").split(";") if part)
+    recipients = tuple(split_addresses(get("recipient-address")))
     stamp = get("date-time")
     return TrackingEvent(
         event_id=get("event-id").strip(),

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from exchange_emu.directory import Server
-from exchange_emu.logs.tracking_event import TrackingEvent, scenario_steps
+from exchange_emu.logs.tracking_event import CustomData, TrackingEvent, scenario_steps
 from exchange_emu.logs.tracking_log import MessageTrackingLog, NullMessageTrackingLog
 from exchange_emu.transport.jobs import Envelope
 
@@ -41,8 +41,12 @@ class TransportTracking:
         **extra: str,
     ) -> None:
         custom = scenario_steps(*steps, **extra) if steps else dict(extra)
+        # Every value below is already in the form TrackingEvent's checks leave it, except
+        # a recipient address holding ";" (a quoted local part): that one gets the checks.
+        checked = any(";" in r or not r for r in recipients)
+        make = TrackingEvent if checked else TrackingEvent.trusted
         self.log.record(
-            TrackingEvent(
+            make(
                 event_id=event_id,
                 source=source,
                 date_time=datetime.fromtimestamp(when, UTC) if when is not None else None,
@@ -58,7 +62,7 @@ class TransportTracking:
                 message_subject=envelope.subject,
                 sender_address=envelope.sender,
                 return_path=envelope.sender,
-                custom_data=custom,
+                custom_data=custom if checked else CustomData.trusted(custom),
             )
         )
 
@@ -129,22 +133,22 @@ class TransportTracking:
 
     def discard_handed_out(self, message_id: str, shadow_id: str, holder: str) -> None:
         """D.6: the primary gives the holder its discard notification."""
-        self.log.record(TrackingEvent(
+        self.log.record(TrackingEvent.trusted(
             event_id="NOTIFYSHADOW", source="SMTP", server_hostname=self.server.fqdn,
-            message_id=message_id, custom_data=scenario_steps(
-                "D.6", shadow_message_id=shadow_id, holder=holder)))
+            message_id=message_id, custom_data=CustomData.trusted(scenario_steps(
+                "D.6", shadow_message_id=shadow_id, holder=holder))))
 
     def discard_queried(self, envelope: Envelope, primary: str, queried_at: float,
                         delayed_ack: bool = False) -> None:
         """D.5 (F.6 for a held message): the query whose reply carried this message's
         discard notification."""
         steps = ("D.5", "F.6") if delayed_ack else ("D.5",)
-        self.log.record(TrackingEvent(
+        self.log.record(TrackingEvent.trusted(
             event_id="HADISCARD", source="SMTP", server_hostname=self.server.fqdn,
             date_time=datetime.fromtimestamp(queried_at, UTC),
             internal_message_id=str(envelope.internal_id), message_id=envelope.message_id,
             sender_address=envelope.sender, message_subject=envelope.subject,
-            custom_data=scenario_steps(*steps, primary=primary)))
+            custom_data=CustomData.trusted(scenario_steps(*steps, primary=primary))))
 
     def shadow_discarded(self, envelope: Envelope, primary: str, reason: str = "discard",
                          delivered_to_mailboxes: bool = False,
