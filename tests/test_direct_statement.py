@@ -4,7 +4,6 @@ same rows, counts and keys on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -35,9 +34,18 @@ MESSAGE_FACTS = DirectStatement(
     .where(messages.c.internal_id.in_(IDS)).order_by(messages.c.internal_id))
 
 
+@pytest.fixture(params=["sqlite", "psycopg2", "psycopg"])
+def url(request: pytest.FixtureRequest) -> str:
+    """SQLite, and PostgreSQL through each driver a direct statement runs on."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_queue_db").url)
+    pg = str(request.getfixturevalue("postgresql_queue_db").url)
+    return pg.replace("postgresql+psycopg2://", f"postgresql+{request.param}://")
+
+
 @pytest.fixture
-def connection(queue_db: Any) -> Iterator[sa.Connection]:
-    engine = create_queue_engine(queue_db.url)
+def connection(url: str) -> Iterator[sa.Connection]:
+    engine = create_queue_engine(url)
     upgrade(engine, MIGRATIONS)
     try:
         with engine.connect() as conn, conn.begin():
@@ -69,7 +77,7 @@ def test_same_rows_counts_and_keys_on_both_backends(connection: sa.Connection) -
     assert ADDRESSES.scalars(connection, {"ids": [second]}) == [second]
     facts = [tuple(r) for r in MESSAGE_FACTS.rows(connection, {"ids": [first, second, third]})]
     assert facts[0][2:] == (0, "7BIT", "queued", "s1")
-    assert bytes(facts[0][1]) == b"\x00\xffb"
+    assert facts[0][1] == b"\x00\xffb" and type(facts[0][1]) is bytes  # not a memoryview
 
     MARK.run_many(connection, [{"b_address": "r1@x", "b_reply": "250 ok"},
                                {"b_address": "r4@x", "b_reply": "250 fine"}])
@@ -91,9 +99,10 @@ def test_an_empty_in_list_matches_nothing(connection: sa.Connection) -> None:
     assert DELETE.run(connection, {"ids": []}) == 0
 
 
-def test_sqlite_runs_on_the_driver_not_through_core(sqlite_queue_db: Any) -> None:
-    """The point of a direct statement: on SQLite, Core's execution machinery is skipped."""
-    engine = create_queue_engine(sqlite_queue_db.url)
+def test_runs_on_the_driver_not_through_core(url: str) -> None:
+    """The point of a direct statement: on SQLite, psycopg2 and psycopg, Core's execution
+    machinery is skipped."""
+    engine = create_queue_engine(url)
     upgrade(engine, MIGRATIONS)
     through_core: list[str] = []
     event.listen(engine, "before_cursor_execute",
@@ -101,8 +110,19 @@ def test_sqlite_runs_on_the_driver_not_through_core(sqlite_queue_db: Any) -> Non
     try:
         with engine.connect() as conn, conn.begin():
             before = list(through_core)
-            internal_id = _add(conn, 1, ["r1@x"])
-            assert ADDRESSES.scalars(conn, {"ids": [internal_id]}) == [internal_id]
+            internal_id = INSERT_MESSAGE.insert(conn, {
+                "internet_message_id": "<1@x>", "sender": "a@x", "size": 3, "body": b"b",
+                "received_at": 1.5, "source": "SMTP", "subject": "s", "delayed_ack": True})
+            INSERT_RECIPIENT.insert(conn, {
+                "internal_id": internal_id, "address": "r1@x", "queue": "q", "status": "ready"})
+            INSERT_RECIPIENT.run_many(conn, [
+                {"internal_id": internal_id, "address": a, "queue": "q", "status": "ready"}
+                for a in ("r2@x", "r3@x")])
+            assert ADDRESSES.rows(conn, {"ids": [internal_id]}) == [
+                (internal_id, "r1@x"), (internal_id, "r2@x"), (internal_id, "r3@x")]
+            assert MARK.run(conn, {"b_address": "r1@x", "b_reply": "250"}) == 1
+            MARK.run_many(conn, [{"b_address": "r2@x", "b_reply": "250"}])
+            assert MESSAGE_FACTS.rows(conn, {"ids": [internal_id]})[0][1] == b"b"
             assert DELETE.run(conn, {"ids": [internal_id]}) == 1
             assert through_core == before
     finally:

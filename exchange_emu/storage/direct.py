@@ -1,17 +1,19 @@
-"""Hot queue-database statements run straight on the SQLite driver.
+"""Hot queue-database statements run straight on the database driver.
 
 The transport queue's busiest statements (accepting a message, recording a delivery session,
 applying discards) run for every message or session. SQLAlchemy's execution machinery costs
-several times more Python time than SQLite takes to run such a statement, and that time is
-spent on a database thread that competes with the reactor for the interpreter lock.
+several times more Python time than the database takes to run such a statement, and that time
+is spent on a database thread that competes with the reactor for the interpreter lock.
 
 :class:`DirectStatement` keeps SQLAlchemy Core as the one place the SQL is written: the Core
-statement is compiled once, and on SQLite its SQL string runs on the ``sqlite3`` connection
-under the same transaction (``sqlite3`` caches the prepared statement). On any other backend
-(PostgreSQL) it runs through ``Connection.execute`` unchanged, so the two paths give the same
-rows: plain tuples on SQLite, ``Row`` objects (which index the same way) elsewhere. Only types
-the ``sqlite3`` module stores and returns as SQLAlchemy would (integers, floats, strings,
-bytes, ``None``, booleans as parameters) may pass through a direct statement.
+statement is compiled once per backend, and its SQL string runs on the driver's connection
+under the same transaction — the ``sqlite3`` connection on SQLite (which caches the prepared
+statement), a ``psycopg2`` or ``psycopg`` (3) cursor on PostgreSQL. With another driver it
+runs through
+``Connection.execute`` unchanged. Every path gives the same rows: plain tuples from a driver
+(``bytea`` values as ``bytes``, as Core gives them), ``Row`` objects from Core (which index
+the same way). Only types both drivers store and return as SQLAlchemy would (integers,
+floats, strings, bytes, ``None``, booleans) may pass through a direct statement.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ from sqlalchemy.engine import Connection
 __all__ = ["DirectStatement"]
 
 _POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
+_SQLITE, _PSYCOPG2, _PSYCOPG = "sqlite", "psycopg2", "psycopg"
+_PLACEHOLDERS = {_SQLITE: "?", _PSYCOPG2: "%s", _PSYCOPG: "%s"}
 
 
 @dataclass(frozen=True)
 class _Compiled:
-    """One statement's SQLite form: SQL (with ``IN`` lists still to expand) and its params."""
+    """One statement's form for one driver: SQL (with ``IN`` lists still to expand) and its
+    parameters."""
 
     sql: str
     names: tuple[str, ...]
@@ -40,10 +45,13 @@ class _Compiled:
     """Values the statement itself supplies (literals, column defaults)."""
     expanding: frozenset[str]
     """Names of ``IN`` list parameters, one placeholder per element."""
+    binary_columns: tuple[int, ...]
+    """Result columns of binary type (psycopg2 gives ``memoryview``; Core gives ``bytes``)."""
 
 
 class DirectStatement:
-    """A Core statement compiled once and run on the DB-API connection where it is SQLite.
+    """A Core statement compiled once and run on the DB-API connection where it is SQLite,
+    psycopg2 or psycopg.
 
     ``column_keys`` names the columns an ``INSERT`` supplies (the others take their scalar
     Python default, or the database's). Parameters are passed by name as with Core.
@@ -53,8 +61,8 @@ class DirectStatement:
                  ) -> None:
         self.statement = statement
         self._column_keys = list(column_keys) if column_keys is not None else None
-        self._sqlite: _Compiled | None = None
-        self._expanded: dict[tuple[int, ...], str] = {}
+        self._compiled: dict[str, _Compiled] = {}
+        self._expanded: dict[tuple[str, tuple[int, ...]], str] = {}
 
     # --- running ----------------------------------------------------------------------------
 
@@ -64,7 +72,16 @@ class DirectStatement:
         direct = self._bind(conn, params or {})
         if direct is None:
             return list(conn.execute(self.statement, dict(params or {})))
-        return _driver(conn).execute(*direct).fetchall()
+        driver, sql, values = direct
+        if driver == _SQLITE:
+            return _driver(conn).execute(sql, values).fetchall()
+        with _driver(conn).cursor() as cursor:
+            cursor.execute(sql, values)
+            rows: list[Sequence[Any]] = cursor.fetchall()
+        binary = self._compiled[driver].binary_columns
+        if binary and rows:
+            rows = [_with_bytes(row, binary) for row in rows]
+        return rows
 
     def scalars(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """The first column of every row."""
@@ -75,7 +92,12 @@ class DirectStatement:
         direct = self._bind(conn, params or {})
         if direct is None:
             return int(conn.execute(self.statement, dict(params or {})).rowcount)
-        return int(_driver(conn).execute(*direct).rowcount)
+        driver, sql, values = direct
+        if driver == _SQLITE:
+            return int(_driver(conn).execute(sql, values).rowcount)
+        with _driver(conn).cursor() as cursor:
+            cursor.execute(sql, values)
+            return int(cursor.rowcount)
 
     def insert(self, conn: Connection, params: Mapping[str, Any]) -> int:
         """Insert one row; its new integer primary key."""
@@ -83,48 +105,63 @@ class DirectStatement:
         if direct is None:
             key = conn.execute(self.statement, dict(params)).inserted_primary_key
             rowid = None if key is None else key[0]
-        else:
-            rowid = _driver(conn).execute(*direct).lastrowid
+        elif direct[0] == _SQLITE:
+            rowid = _driver(conn).execute(direct[1], direct[2]).lastrowid
+        else:  # PostgreSQL's INSERT was compiled with RETURNING its key
+            with _driver(conn).cursor() as cursor:
+                cursor.execute(direct[1], direct[2])
+                returned = cursor.fetchone()
+            rowid = None if returned is None else returned[0]
         if rowid is None:
             raise RuntimeError("the database returned no primary key")
         return int(rowid)
 
     def run_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run a data change once per parameter set, as one ``executemany``."""
+        """Run a data change once per parameter set: one ``executemany`` on SQLite and on
+        psycopg, pages of statements sent together on psycopg2 (``execute_batch``)."""
         if not rows:
             return
-        if not _is_sqlite(conn):
+        driver = _driver_of(conn)
+        if driver is None:
             conn.execute(self.statement, [dict(row) for row in rows])
             return
-        compiled = self._compile(conn)
+        compiled = self._compile(conn, driver)
         if compiled.expanding:
             raise ValueError("an IN list parameter cannot be used with run_many")
         defaults, names = compiled.defaults, compiled.names
-        _driver(conn).executemany(
-            compiled.sql,
-            [tuple(row[n] if n in row else defaults[n] for n in names) for row in rows],
-        )
+        values = [tuple(row[n] if n in row else defaults[n] for n in names) for row in rows]
+        if driver == _SQLITE:
+            _driver(conn).executemany(compiled.sql, values)
+            return
+        with _driver(conn).cursor() as cursor:
+            if len(values) == 1:
+                cursor.execute(compiled.sql, values[0])
+            elif driver == _PSYCOPG2:
+                execute_batch(cursor, compiled.sql, values)
+            else:  # psycopg 3 sends an executemany's statements together itself
+                cursor.executemany(compiled.sql, values)
 
     # --- compiling ----------------------------------------------------------------------------
 
-    def _compile(self, conn: Connection) -> _Compiled:
-        compiled = self._sqlite
+    def _compile(self, conn: Connection, driver: str) -> _Compiled:
+        compiled = self._compiled.get(driver)
         if compiled is None:
-            compiled = self._sqlite = _compile_for(conn.dialect, self.statement,
-                                                   self._column_keys)
+            compiled = self._compiled[driver] = _compile_for(
+                conn.dialect, driver, self.statement, self._column_keys)
         return compiled
 
     def _bind(self, conn: Connection, params: Mapping[str, Any]
-              ) -> tuple[str, tuple[Any, ...]] | None:
-        """The SQL (``IN`` lists expanded to their lengths) and the positional values, or
-        None where Core runs the statement: not SQLite, or an empty ``IN`` list (which Core
-        renders as an expression of its own)."""
-        if not _is_sqlite(conn):
+              ) -> tuple[str, str, tuple[Any, ...]] | None:
+        """The driver, the SQL (``IN`` lists expanded to their lengths) and the positional
+        values; or None where Core runs the statement: another driver, or an empty ``IN``
+        list (which Core renders as an expression of its own)."""
+        driver = _driver_of(conn)
+        if driver is None:
             return None
-        compiled = self._compile(conn)
+        compiled = self._compile(conn, driver)
         defaults = compiled.defaults
         if not compiled.expanding:
-            return compiled.sql, tuple(
+            return driver, compiled.sql, tuple(
                 params[n] if n in params else defaults[n] for n in compiled.names)
         values: list[Any] = []
         lengths: list[int] = []
@@ -138,30 +175,58 @@ class DirectStatement:
                 values.extend(items)
             else:
                 values.append(value)
-        key = tuple(lengths)
+        key = (driver, tuple(lengths))
         sql = self._expanded.get(key)
         if sql is None:
             counts = iter(lengths)
-            sql = _POSTCOMPILE.sub(lambda _m: ", ".join("?" * next(counts)), compiled.sql)
+            placeholder = _PLACEHOLDERS[driver]
+            sql = _POSTCOMPILE.sub(
+                lambda _m: ", ".join([placeholder] * next(counts)), compiled.sql)
             if len(self._expanded) < 64:  # IN lists come in few lengths; bound the cache
                 self._expanded[key] = sql
-        return sql, tuple(values)
+        return driver, sql, tuple(values)
 
 
-def _is_sqlite(conn: Connection) -> bool:
-    return conn.dialect.name == "sqlite"
+def execute_batch(cursor: Any, sql: str, values: list[tuple[Any, ...]]) -> None:
+    """psycopg2's ``execute_batch`` (imported only where psycopg2 runs the statement)."""
+    from psycopg2.extras import execute_batch as batch  # type: ignore[import-untyped]
+
+    batch(cursor, sql, values)
+
+
+def _driver_of(conn: Connection) -> str | None:
+    """Which driver a direct statement runs on under ``conn``, or None (Core runs it)."""
+    dialect = conn.dialect
+    if dialect.name == "sqlite":
+        return _SQLITE
+    if dialect.name == "postgresql" and dialect.driver in (_PSYCOPG2, _PSYCOPG):
+        return str(dialect.driver)
+    return None
 
 
 def _driver(conn: Connection) -> Any:
-    """The ``sqlite3`` connection under ``conn`` (inside its open transaction)."""
+    """The driver's connection under ``conn`` (inside its open transaction)."""
     return conn.connection.driver_connection
 
 
-def _compile_for(dialect: sa.Dialect, statement: sa.Executable,
+def _with_bytes(row: Sequence[Any], columns: tuple[int, ...]) -> tuple[Any, ...]:
+    values = list(row)
+    for index in columns:
+        if isinstance(values[index], memoryview):
+            values[index] = values[index].tobytes()
+    return tuple(values)
+
+
+def _compile_for(dialect: sa.Dialect, driver: str, statement: sa.Executable,
                  column_keys: list[str] | None) -> _Compiled:
+    if driver != _SQLITE:
+        # psycopg's own paramstyle is pyformat (named); compile positional "%s" instead,
+        # with a dialect of the same class (RETURNING for an INSERT's key included).
+        dialect = type(dialect)(paramstyle="format")  # type: ignore[call-arg]
     compiled = statement.compile(dialect=dialect, column_keys=column_keys)  # type: ignore[attr-defined]
-    if compiled.positiontup is None or dialect.paramstyle != "qmark":
-        raise TypeError(f"direct statements need qmark parameters, not {dialect.paramstyle}")
+    if compiled.positiontup is None or dialect.paramstyle != (
+            "qmark" if driver == _SQLITE else "format"):
+        raise TypeError(f"direct statements need positional parameters, not {dialect.paramstyle}")
     names = tuple(compiled.positiontup)
     defaults: dict[str, Any] = {k: v for k, v in compiled.params.items() if v is not None}
     table = getattr(statement, "table", None)
@@ -178,5 +243,6 @@ def _compile_for(dialect: sa.Dialect, statement: sa.Executable,
     order = [m.group(1) for m in _POSTCOMPILE.finditer(compiled.string)]
     if [n for n in names if n in expanding] != order:
         raise TypeError("IN list parameters out of placeholder order")
-    return _Compiled(compiled.string, names, defaults, expanding)
-
+    binary = tuple(index for index, column in enumerate(compiled._result_columns)
+                   if isinstance(column[3], sa.LargeBinary))
+    return _Compiled(compiled.string, names, defaults, expanding, binary)
