@@ -82,11 +82,29 @@ def _materialized(result: _T) -> _T:
 
 
 def _keeps_connections(engine: Engine) -> bool:
-    """Whether the database threads keep their connections between jobs: on a SQLite file
-    (checking a connection out of the pool and back, with its reset, cost about a tenth of
-    a hub's Python CPU); other backends check one out per job, so that ``pool_pre_ping``
-    replaces a connection the server dropped."""
-    return engine.dialect.name == "sqlite" and not is_sqlite_memory(engine.url)
+    """Whether the database threads keep their connections between jobs: everywhere but on
+    in-memory SQLite (one connection shared by every thread). Checking a connection out of
+    the pool and back costs, per transaction, a tenth of a hub's Python CPU on SQLite and on
+    PostgreSQL two round trips (the pre-ping and the reset's rollback). A kept connection
+    the server dropped is replaced: see :func:`_lost_connection`."""
+    return not is_sqlite_memory(engine.url)
+
+
+def _lost_connection(engine: Engine, exc: BaseException, conn: Connection) -> bool:
+    """Whether ``exc`` says the database connection under ``conn`` is gone (a server
+    restarted, a backend terminated): through Core (wrapped) or straight from the driver
+    (:mod:`exchange_emu.storage.direct`)."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    dbapi = engine.dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return False
+    with contextlib.suppress(Exception):
+        driver = conn.connection.driver_connection
+        return bool(engine.dialect.is_disconnect(exc, driver, None))
+    return False
 
 
 def _close_quietly(conn: Connection | None) -> None:
@@ -394,20 +412,33 @@ class QueueDatabase(service.Service):
     def _transaction(self, engine: Engine, jobs: list[_Job]) -> list[Any]:
         """Run ``jobs`` in one write transaction and commit; return their results.
 
-        On a SQLite file the writer keeps its connection from one batch to the next
-        (:func:`_keeps_connections`); after a failed batch it takes a fresh one.
+        The writer keeps its connection from one batch to the next (:func:`_keeps_connections`);
+        after a failed batch it takes a fresh one. A batch whose kept connection turns out
+        lost before the commit runs once more on a new connection (nothing of it was
+        committed); a failed commit is never run again (it may have happened).
         """
         keep = _keeps_connections(engine)
         conn = self._writer_conn if keep else None
+        kept = conn is not None
         if conn is None:
             conn = engine.connect()
             conn.execution_options(**WRITE_OPTIONS)
         try:
-            with conn.begin():
-                results = [_materialized(job.fn(conn)) for job in jobs]
-        except BaseException:
+            transaction = conn.begin()
+            results = [_materialized(job.fn(conn)) for job in jobs]
+        except BaseException as exc:
+            lost = kept and _lost_connection(engine, exc, conn)
             self._writer_conn = None
             _close_quietly(conn)  # the batch's own error is the one to report
+            if lost:  # nothing was committed: the jobs once more, on a fresh connection
+                log.info("queue database connection lost; writing on a new one")
+                return self._transaction(engine, jobs)
+            raise
+        try:
+            transaction.commit()
+        except BaseException:  # not retried: the commit may have happened
+            self._writer_conn = None
+            _close_quietly(conn)
             raise
         if keep:
             self._writer_conn = conn
@@ -476,8 +507,9 @@ class QueueDatabase(service.Service):
                 return
 
     def _reader_loop(self, engine: Engine) -> None:
-        """Each read in its own transaction; on a SQLite file on one connection kept by the
-        thread (as the writer does), elsewhere on one checked out per read."""
+        """Each read in its own transaction, on one connection kept by the thread (as the
+        writer does; one checked out per read on in-memory SQLite). A read whose kept
+        connection was lost runs once more on a new one."""
         keep = _keeps_connections(engine)
         conn: Connection | None = None
         try:
@@ -486,11 +518,22 @@ class QueueDatabase(service.Service):
                 if item is _STOP:
                     return
                 assert isinstance(item, _Job)
+                kept = conn is not None
                 try:
                     if conn is None:
                         conn = engine.connect()
-                    with conn.begin():
-                        result = _materialized(item.fn(conn))
+                    try:
+                        with conn.begin():
+                            result = _materialized(item.fn(conn))
+                    except Exception as exc:
+                        if not (kept and _lost_connection(engine, exc, conn)):
+                            raise
+                        log.info("queue database connection lost; reading on a new one")
+                        _close_quietly(conn)
+                        conn = None
+                        conn = engine.connect()
+                        with conn.begin():
+                            result = _materialized(item.fn(conn))
                 except Exception:
                     failure = Failure()
                     failure.cleanFailure()
