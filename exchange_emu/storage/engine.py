@@ -64,7 +64,8 @@ def create_queue_engine(url: str, *, busy_timeout: float = 30.0) -> Engine:
     ``synchronous=FULL``, ``foreign_keys=ON`` and ``busy_timeout``; transactions are real
     (SQLAlchemy emits ``BEGIN`` itself instead of the sqlite3 module's legacy mode), so DDL in
     migrations is transactional too. An in-memory SQLite URL uses a single shared connection.
-    Other backends get ``pool_pre_ping`` so a dropped server connection is replaced.
+    Other backends get ``pool_pre_ping``: a connection checked out after the server dropped
+    it is replaced (the database threads keep theirs and check out a new one after a failure).
     """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
