@@ -36,6 +36,10 @@ class DatabaseService(service.Service):
         return self.db.stopService()
 
 
+_DATABASES = (DatabaseService, QueueDatabase)
+"""The children a RoleService stops last: the database, wrapped or as itself."""
+
+
 class RoleService(service.MultiService):
     """A server role's services, stopped together and then its database: what finishes
     while the role stops (a commit under way, the transport's clean-stop mark) still finds
@@ -44,8 +48,8 @@ class RoleService(service.MultiService):
     def stopService(self) -> Deferred[Any]:
         service.Service.stopService(self)
         children = list(self)
-        others = [s for s in reversed(children) if not isinstance(s, DatabaseService)]
-        databases = [s for s in children if isinstance(s, DatabaseService)]
+        others = [s for s in reversed(children) if not isinstance(s, _DATABASES)]
+        databases = [s for s in children if isinstance(s, _DATABASES)]
         first: Deferred[Any] = DeferredList([maybeDeferred(s.stopService) for s in others])
         return first.addBoth(
             lambda _: DeferredList([maybeDeferred(s.stopService) for s in databases]))

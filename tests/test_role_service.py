@@ -37,11 +37,12 @@ class _WritesWhileStopping(service.Service):
 
 
 class RoleServiceStopTests(unittest.TestCase):
-    def _stop_with(self, role: service.MultiService) -> defer.Deferred[list[object]]:
+    def _stop_with(self, role: service.MultiService, wrapped: bool = True
+                   ) -> defer.Deferred[list[object]]:
         directory = Path(tempfile.mkdtemp(prefix="role-service"))
         self.addCleanup(shutil.rmtree, directory, True)
         db = QueueDatabase(f"sqlite:///{directory / 'queue.db'}", reactor=reactor)
-        DatabaseService(db, "HUB01").setServiceParent(role)
+        (DatabaseService(db, "HUB01") if wrapped else db).setServiceParent(role)
         writer = _WritesWhileStopping(db)
         writer.setServiceParent(role)
         role.privilegedStartService()
@@ -52,6 +53,12 @@ class RoleServiceStopTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_database_stays_open_until_the_other_services_stopped(self) -> Any:
         [wrote] = yield self._stop_with(RoleService())
+        self.assertEqual(wrote, 2)
+
+    @defer.inlineCallbacks
+    def test_a_queue_database_child_is_stopped_last_too(self) -> Any:
+        """As docs/storage.md sets one up: the QueueDatabase itself as the child."""
+        [wrote] = yield self._stop_with(RoleService(), wrapped=False)
         self.assertEqual(wrote, 2)
 
     @defer.inlineCallbacks
