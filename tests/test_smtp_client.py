@@ -179,6 +179,78 @@ def test_next_message_goes_in_the_same_write_as_a_data_body():
     assert [m.accepted for m in s.outcomes[0].messages] == [True, True]
 
 
+class Rounds:
+    """A caller's ``more``: hands out prepared rounds of messages, one per call, and
+    remembers how many outcomes each call saw."""
+
+    def __init__(self, *rounds: list[OutboundMessage]) -> None:
+        self.rounds = list(rounds)
+        self.seen: list[int] = []
+
+    async def __call__(self, outcome) -> list[OutboundMessage]:
+        self.seen.append(len(outcome.messages))
+        return self.rounds.pop(0) if self.rounds else []
+
+
+def test_next_round_of_a_shadowed_session_goes_once_the_first_is_answered():
+    """A send connector's open connection takes the queue's next messages: once the first
+    pipeline is answered the caller is asked for more, they go in the same session (a
+    pipeline of their own), and only when it has none left come XQDISCARD and QUIT."""
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(3)]
+    more = Rounds([message(bodies[1], ID2), message(bodies[2], ID1)])
+    s = Scripted(SessionRequest("hub01.contoso.test", [message(bodies[0], ID1)],
+                                shadow_context=CONTEXT, more=more))
+    s.server("220 edge01 ready\n")
+    s.server("250-edge01 Hello\n250-PIPELINING\n250-CHUNKING\n250 XSHADOW\n")
+    assert s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n") == _mail(bodies[0], ID1)
+    assert more.seen == []  # not asked while the first round is unanswered
+    assert s.server(OK_MESSAGE) == _mail(bodies[1], ID2) + _mail(bodies[2], ID1)
+    assert more.seen == [1]
+    assert s.server(OK_MESSAGE * 2) == b"XQDISCARD 50\r\n"
+    assert more.seen == [1, 3]
+    assert s.server("251 OK, no discard events\n") == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    outcome = s.outcomes[0]
+    assert [m.message.body for m in outcome.messages] == bodies
+    assert all(m.accepted and m.shadowed for m in outcome.messages)
+
+
+def test_next_round_to_a_peer_without_pipelining_goes_one_message_at_a_time():
+    """More messages for an open session to a foreign peer: each after the last's reply."""
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(2)]
+    more = Rounds([message(bodies[1], None)])
+    s = Scripted(SessionRequest("sink.fabrikam.test", [message(bodies[0], None)], more=more))
+    s.server("220 sink ready\n")
+    assert s.server("250 sink Hello\n") == b"MAIL FROM:<a@contoso.test>\r\n"
+    assert s.server("250 2.1.0 Sender OK\n") == b"RCPT TO:<b@contoso.test>\r\n"
+    assert s.server("250 2.1.5 Recipient OK\n") == b"DATA\r\n"
+    assert s.server("354 go\n") == dot_stuff(bodies[0])
+    assert s.server("250 2.6.0 queued\n") == b"MAIL FROM:<a@contoso.test>\r\n"
+    s.server("250 2.1.0 Sender OK\n")
+    s.server("250 2.1.5 Recipient OK\n")
+    assert s.server("354 go\n") == dot_stuff(bodies[1])
+    assert s.server("250 2.6.0 queued\n") == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    assert [m.accepted for m in s.outcomes[0].messages] == [True, True]
+    assert more.seen == [1, 2]
+
+
+def test_a_broken_session_asks_for_no_more_messages():
+    """The connection drops while the first round is out: the caller is not asked for
+    more, and the outcome says why the session ended."""
+    more = Rounds([message(b"Subject: 2\r\n\r\nx\r\n", ID2)])
+    s = Scripted(SessionRequest("hub01.contoso.test", [message()], shadow_context=CONTEXT,
+                                more=more))
+    s.server("220 edge01 ready\n")
+    s.server("250-edge01 Hello\n250-PIPELINING\n250-CHUNKING\n250 XSHADOW\n")
+    s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n")
+    s.proto.connectionLost(None)
+    outcome = s.outcomes[0]
+    assert more.seen == [] and outcome.messages == [] and outcome.error
+
+
 def test_message_refused_before_its_body_is_reset_before_the_next_one():
     """No recipient taken: DATA is refused, RSET ends what the peer may keep of that
     transaction, and only then do the next message's commands go."""

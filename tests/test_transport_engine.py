@@ -8,14 +8,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from org_files import chain_org
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import TestCase
 
 from exchange_emu.directory import load_organization
@@ -467,3 +468,66 @@ class EarlyDiscardTests(EngineHarness):
         self.assertEqual(await self.primaries(), {})
         self.assertIsNone(await self.store.get_message(internal_id))
         assert str(fixed) not in self.engine.shadow.early_discards["HUB02"]
+
+
+class SessionRoundTests(EngineHarness):
+    """An Exchange send connector takes its queue's next messages on a connection that is
+    still open (up to MaxMessagesPerConnection) instead of opening one for each."""
+
+    async def drive_until(self, condition: Callable[[], bool], what: str) -> None:
+        """Run the engine's due timers (on the Clock) while the real reactor carries its
+        sessions and database work, until ``condition`` holds; fail after 10 s."""
+        reached: Deferred[None] = Deferred()
+
+        def check() -> None:
+            self.clock.advance(0)
+            if condition() and not reached.called:
+                reached.callback(None)
+
+        loop = LoopingCall(check)
+        loop.start(0.001)
+        reached.addTimeout(10, reactor)
+        try:
+            await reached
+        except TimeoutError:
+            self.fail(f"timed out waiting until {what}")
+        finally:
+            loop.stop()
+
+    async def queue_message(self, message_id: str) -> int:
+        internal_id = await self.store.accept_message(NewMessage(
+            sender="alice@contoso.test", recipients=("erin@fabrikam.test",),
+            received_at=self.clock.seconds(),
+            body=f"Message-ID: {message_id}\r\nSubject: unit\r\n\r\nbody\r\n".encode(),
+            message_id=message_id, subject="unit"))
+        self.engine.submitted(internal_id)
+        return internal_id
+
+    async def test_a_message_queued_while_a_session_is_open_rides_it(self):
+        """The second message, queued while the first one's session waits for its 250,
+        goes on that session once the 250 came, not on a session of its own; the first
+        is booked (shadow copy, SEND, HAREDIRECT) meanwhile, before the session ends."""
+        await self.start()
+        hub02 = self.fakes["HUB02"]
+        hub02.hold = True
+        first = await self.queue_message("<first@contoso.test>")
+        await self.drive_until(lambda: len(hub02.stored) == 1, "HUB02 has the first")
+        second = await self.queue_message("<second@contoso.test>")
+        await self.drive_until(
+            lambda: any(second in q.items for q in self.engine.queues.values()),
+            "the second is queued for delivery")
+        hub02.held[0].callback(None)
+        await self.drive_until(lambda: len(hub02.stored) == 2, "HUB02 has the second")
+        await self.drive_until(lambda: len(self.events("HAREDIRECT")) == 1,
+                               "the first is booked")
+        self.assertEqual(len(hub02.held), 2)
+        self.assertFalse(hub02.held[1].called)  # the session is still open
+        self.assertEqual((await self.store.get_message(first)).state, "shadow")
+        self.assertEqual([e.message_id for e in self.events("SEND")], ["<first@contoso.test>"])
+        hub02.held[1].callback(None)
+        await self.settle()
+        sessions = {stored.message.session.session_id for stored in hub02.stored}
+        self.assertEqual(len(sessions), 1)
+        self.assertEqual(await self.primaries(), {"HUB02": 2})
+        self.assertEqual((await self.store.get_message(second)).state, "shadow")
+        self.assertEqual(len(self.events("HAREDIRECT")), 2)

@@ -3,7 +3,8 @@
 One session: EHLO (HELO fallback), STARTTLS where offered and wanted,
 ``XSHADOW`` where advertised and asked for, then each message — pipelined
 where the peer offers PIPELINING, sent with BDAT where it offers CHUNKING,
-with ``MAIL … XSHADOW=<id>`` on a shadowed session — then ``XQDISCARD <max>``
+with ``MAIL … XSHADOW=<id>`` on a shadowed session, and then, as long as the caller has
+more ready (``SessionRequest.more``), the next ones — then ``XQDISCARD <max>``
 repeated while the reply was full, then ``QUIT``. On a shadowed session whose peer
 offers PIPELINING and CHUNKING, all the session's messages go out in one pipeline
 (RFC 2920, RFC 3030: ``MAIL``, ``RCPT``…, ``BDAT <n> LAST`` and the body, for
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,11 @@ class SessionRequest:
     """Send ``XSHADOW <context>`` when the peer advertises it (we become shadow holder)."""
     query_discards: bool = True
     discard_max: int = 50
+    more: Callable[[SessionOutcome], Awaitable[Sequence[OutboundMessage]]] | None = None
+    """Asked once the messages so far are answered: the next messages for this open
+    session (an Exchange send connector takes its queue's next messages on an open
+    connection, up to ``MaxMessagesPerConnection``); none ends them. Given the outcome so
+    far; the new messages' outcomes follow the earlier ones in its ``messages``."""
     on_discards: Callable[[Sequence[str], float], None] | None = None
     """Called with each XQDISCARD reply's shadow message ids (and when the query was
     sent) as it arrives, before the session ends."""
@@ -312,17 +318,10 @@ class _Conversation:
                 return out
             if self.request.shadow_context is not None and "XSHADOW" in out.keywords:
                 await self.xshadow()
-            if self._pipelines_messages():
-                await self.send_pipelined(self.request.messages)
-            elif self._pipelines_data():
-                await self.send_data_pipelined(self.request.messages)
-            else:
-                for message in self.request.messages:
-                    started = self.clock.seconds()
-                    result = await self.send_message(message)
-                    result.finished_at = self.clock.seconds()
-                    result.elapsed = result.finished_at - started
-                    out.messages.append(result)
+            messages = self.request.messages
+            while messages:
+                await self.send_messages(messages)
+                messages = await self.request.more(out) if self.request.more else ()
             wants_discards = out.shadowed and self.request.query_discards
             if wants_discards and not await self.query_discards():
                 return out
@@ -478,7 +477,21 @@ class _Conversation:
             await self.command("RSET")
         return result
 
-    def _pipelines_messages(self) -> bool:
+    async def send_messages(self, messages: Sequence[OutboundMessage]) -> None:
+        """One round of messages, in one pipeline where the peer allows it."""
+        if self._pipelines_messages(messages):
+            await self.send_pipelined(messages)
+        elif self._pipelines_data(messages):
+            await self.send_data_pipelined(messages)
+        else:
+            for message in messages:
+                started = self.clock.seconds()
+                result = await self.send_message(message)
+                result.finished_at = self.clock.seconds()
+                result.elapsed = result.finished_at - started
+                self.outcome.messages.append(result)
+
+    def _pipelines_messages(self, messages: Sequence[OutboundMessage]) -> bool:
         """Several messages on a shadowed session (the peer is an Exchange 2010 server of
         the organization, which takes every recipient from us) offering PIPELINING and
         CHUNKING, and nothing that needs a round trip of its own (XEXCH50's 354).
@@ -488,23 +501,23 @@ class _Conversation:
         RCPTs and body would then join the wrong envelope.
         """
         keywords = self.outcome.keywords
-        return (len(self.request.messages) > 1 and self.outcome.shadowed
+        return (len(messages) > 1 and self.outcome.shadowed
                 and self.request.use_pipelining
                 and self.request.use_bdat and "PIPELINING" in keywords
                 and "CHUNKING" in keywords
                 and not ("XEXCH50" in keywords
-                         and any(m.xexch50 is not None for m in self.request.messages)))
+                         and any(m.xexch50 is not None for m in messages)))
 
-    def _pipelines_data(self) -> bool:
+    def _pipelines_data(self, messages: Sequence[OutboundMessage]) -> bool:
         """Several messages to a peer offering PIPELINING that gets them with DATA (no
         CHUNKING, or BDAT not wanted), none needing XEXCH50 or BINARYMIME."""
         keywords = self.outcome.keywords
         bdat = self.request.use_bdat and "CHUNKING" in keywords
-        return (len(self.request.messages) > 1 and self.request.use_pipelining
+        return (len(messages) > 1 and self.request.use_pipelining
                 and "PIPELINING" in keywords and not bdat
-                and all(m.body_type != "BINARYMIME" for m in self.request.messages)
+                and all(m.body_type != "BINARYMIME" for m in messages)
                 and not ("XEXCH50" in keywords
-                         and any(m.xexch50 is not None for m in self.request.messages)))
+                         and any(m.xexch50 is not None for m in messages)))
 
     def _data_commands(self, message: OutboundMessage) -> list[str]:
         shadowed = self.outcome.shadowed and message.shadow_message_id is not None

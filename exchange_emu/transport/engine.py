@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import os
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from exchange_emu.directory import Organization, Server
 from exchange_emu.faults import crash_point
 from exchange_emu.security.tls import ClientContexts, send_tls
 from exchange_emu.smtp.client import (
+    MessageOutcome,
     OutboundMessage,
     SessionOutcome,
     SessionRequest,
@@ -484,6 +485,64 @@ class _Connection:
             queue._connection_closed()
 
 
+class _SessionRounds:
+    """One outbound session of a delivery queue, in rounds: once a round of its messages
+    is answered, that round is booked (the SEND rows, shadow copies, F.6) while the session
+    takes the queue's next ready messages (an Exchange send connector's open connection
+    takes them, up to MaxMessagesPerConnection) instead of each waiting for a session."""
+
+    def __init__(self, queue: DeliveryQueue, batch: list[int],
+                 items: list[jobs.DeliveryItem], shadow: bool) -> None:
+        self.queue = queue
+        self.batch = batch
+        self.items = items
+        self.shadow = shadow
+        self.outbound = [queue._outbound(item, shadow) for item in items]
+        self.booked = 0
+        """How many of ``items`` (from the first) are booked or being booked."""
+        self.booking: list[Deferred[Any]] = []
+
+    def _primary(self, target: Target, outcome: SessionOutcome) -> str | None:
+        return (target.server or str(target.address)) if outcome.shadowed else None
+
+    async def next_round(self, target: Target, outcome: SessionOutcome
+                         ) -> list[OutboundMessage]:
+        queue, engine = self.queue, self.queue.engine
+        answered = len(outcome.messages)
+        if answered > self.booked:
+            if self.booked == 0:
+                # The primary's database id first (protocol.md §2): a changed one takes
+                # over the old shadows, never the ones this session makes.
+                await engine.shadow.contact(target, outcome, heartbeat=False)
+            first, self.booked = self.booked, answered
+            self.booking.append(engine.track(_run(
+                queue._record(self.items[first:answered], self.outbound[first:answered],
+                              outcome.messages[first:answered], None, target,
+                              self._primary(target, outcome)),
+                f"delivery queue {queue.name}")))
+        added = await queue._next_for_session(self.batch,
+                                              MESSAGES_PER_SESSION - len(self.items))
+        messages = [queue._outbound(item, self.shadow) for item in added]
+        self.items.extend(added)
+        self.outbound.extend(messages)
+        return messages
+
+    async def finish(self, target: Target, outcome: SessionOutcome) -> None:
+        """The session is over: book the rest, then apply the discards it brought."""
+        queue, engine = self.queue, self.queue.engine
+        primary = self._primary(target, outcome)
+        await engine.shadow.contact(target, outcome, heartbeat=False)
+        first = self.booked
+        self.booked = len(self.items)
+        await queue._record(self.items[first:], self.outbound[first:],
+                            outcome.messages[first:], outcome.error, target, primary)
+        for d in self.booking:
+            await d
+        if primary is not None and outcome.discards:
+            await engine.shadow.apply_discards(
+                primary, outcome.discards, outcome.discards_queried_at or engine.clock.seconds())
+
+
 class DeliveryQueue:
     """One delivery queue (``<Server>\\<NextHopDomain>``): sessions to one next hop."""
 
@@ -591,11 +650,45 @@ class DeliveryQueue:
             return s.transient_failure_retry_interval
         return s.outbound_connection_failure_retry_interval
 
+    async def _load(self, internal_ids: list[int]) -> list[jobs.DeliveryItem]:
+        """What is still queued of ``internal_ids``, with bodies; forget the rest."""
+        items = await self.engine.database.read(jobs.load_delivery, self.name, internal_ids)
+        found = {item.envelope.internal_id for item in items}
+        self.forget([i for i in internal_ids if i not in found])
+        return items
+
+    async def _next_for_session(self, batch: list[int], room: int) -> list[jobs.DeliveryItem]:
+        """The queue's next ready messages for a session still open (an Exchange send
+        connector takes them on the open connection, up to MaxMessagesPerConnection),
+        added to its ``batch``: they go without a session of their own."""
+        if room <= 0 or self.engine.stopping or self.suspended:
+            return []
+        now = self.engine.clock.seconds()
+        ready = sorted(i for i, t in self.items.items()
+                       if t <= now and i not in self.in_flight)[:room]
+        if not ready:
+            return []
+        self.in_flight.update(ready)
+        batch.extend(ready)
+        return await self._load(ready)
+
+    def _outbound(self, item: jobs.DeliveryItem, shadow: bool) -> OutboundMessage:
+        return OutboundMessage(
+            sender=item.envelope.sender,
+            recipients=tuple(r.address for r in item.recipients),
+            body=item.body,
+            shadow_message_id=str(uuid.uuid4()) if shadow else None,
+            body_type=item.body_type,
+            envid=item.envid,
+            ret=item.ret,
+            xexch50=item.xexch50 or self.engine.xexch50_blob(item),
+            notify={r.address: r.notify for r in item.recipients if r.notify},
+            orcpt={r.address: r.orcpt for r in item.recipients if r.orcpt},
+        )
+
     async def _deliver(self, batch: list[int], connection: _Connection) -> None:
         engine = self.engine
-        items = await engine.database.read(jobs.load_delivery, self.name, batch)
-        found = {item.envelope.internal_id for item in items}
-        self.forget([i for i in batch if i not in found])
+        items = await self._load(batch)
         if not items:
             return
         if self.hop.delivery == MAILBOX:
@@ -606,28 +699,15 @@ class DeliveryQueue:
             return
         shadow = (engine.settings.shadow_redundancy_enabled and self.hop.shadow_capable
                   and engine.server.supports_shadow_redundancy)
-        outbound = [
-            OutboundMessage(
-                sender=item.envelope.sender,
-                recipients=tuple(r.address for r in item.recipients),
-                body=item.body,
-                shadow_message_id=str(uuid.uuid4()) if shadow else None,
-                body_type=item.body_type,
-                envid=item.envid,
-                ret=item.ret,
-                xexch50=item.xexch50 or engine.xexch50_blob(item),
-                notify={r.address: r.notify for r in item.recipients if r.notify},
-                orcpt={r.address: r.orcpt for r in item.recipients if r.orcpt},
-            )
-            for item in items
-        ]
+        session = _SessionRounds(self, batch, items, shadow)
         request = SessionRequest(
             helo=engine.server.fqdn,
-            messages=outbound,
+            messages=list(session.outbound),
             shadow_context=engine.shadow_context if shadow else None,
             discard_max=engine.settings.xqdiscard_max_events,
         )
-        outcome, target = await engine.shadow.session(self.hop, request)
+        outcome, target = await engine.shadow.session(self.hop, request,
+                                                      next_round=session.next_round)
         connection.close()
         if target is None:
             await self._queue_failed(items, f"451 4.4.0 {outcome.error or 'connection failed'}")
@@ -635,27 +715,25 @@ class DeliveryQueue:
         self.retry_count = 0
         self.next_attempt = 0.0
         self.last_error = None
-        primary = (target.server or str(target.address)) if outcome.shadowed else None
-        await engine.shadow.contact(target, outcome, heartbeat=False)
-        await self._record(items, outbound, outcome, target, primary)
-        if primary is not None and outcome.discards:
-            await engine.shadow.apply_discards(
-                primary, outcome.discards, outcome.discards_queried_at or engine.clock.seconds())
+        await session.finish(target, outcome)
 
-    async def _record(self, items: list[jobs.DeliveryItem], outbound: list[OutboundMessage],
-                      outcome: SessionOutcome, target: Target, primary: str | None) -> None:
+    async def _record(self, items: Sequence[jobs.DeliveryItem],
+                      outbound: Sequence[OutboundMessage], answers: Sequence[MessageOutcome],
+                      error: str | None, target: Target, primary: str | None) -> None:
+        """Book what the next hop answered for ``items`` (``answers``, in the same order;
+        the session broke, with ``error``, before the rest were answered)."""
         engine = self.engine
         now = engine.clock.seconds()
         retry_at = now + engine.settings.message_retry_interval
         results = []
         for index, item in enumerate(items):
-            mo = outcome.messages[index] if index < len(outcome.messages) else None
+            mo = answers[index] if index < len(answers) else None
             delivered, deferred, failed = [], [], []
             replies = mo.recipient_results() if mo is not None else {}
             for recipient in item.recipients:
                 reply = replies.get(recipient.address)
                 text = str(reply) if reply is not None else (
-                    f"451 4.4.0 {outcome.error or 'no reply from the next hop'}")
+                    f"451 4.4.0 {error or 'no reply from the next hop'}")
                 if reply is not None and reply.positive:
                     delivered.append((recipient.id, text))
                 elif reply is not None and reply.permanent:
@@ -672,9 +750,8 @@ class DeliveryQueue:
             primary=primary, now=now, retry_at=retry_at, signer=engine.signer)
         settled = {s.envelope.internal_id: s for s in report.settled}
         finished = {}
-        for index, item in enumerate(items):
-            if index < len(outcome.messages):
-                finished[item.envelope.internal_id] = outcome.messages[index].finished_at
+        for item, answer in zip(items, answers, strict=False):
+            finished[item.envelope.internal_id] = answer.finished_at
         for item, result in zip(items, results, strict=True):
             internal_id = item.envelope.internal_id
             if result.delivered:
@@ -881,9 +958,13 @@ class ShadowRedundancy:
         self.heartbeats.discard(primary)
         return result
 
-    async def session(self, hop: NextHop, request: SessionRequest
-                      ) -> tuple[SessionOutcome, Target | None]:
-        """Open a session to the first target of ``hop`` that answers."""
+    async def session(
+        self, hop: NextHop, request: SessionRequest,
+        next_round: Callable[[Target, SessionOutcome], Awaitable[Sequence[OutboundMessage]]]
+        | None = None,
+    ) -> tuple[SessionOutcome, Target | None]:
+        """Open a session to the first target of ``hop`` that answers; ``next_round``
+        (given the target) is the session's ``SessionRequest.more``."""
         engine = self.engine
         outcome = SessionOutcome(error="no target")
         for target in engine.ordered_targets(hop):
@@ -895,6 +976,9 @@ class ShadowRedundancy:
             if request.shadow_context is not None:
                 session_request = dataclasses.replace(
                     session_request, on_discards=functools.partial(self.discards_arrived, name))
+            if next_round is not None:
+                session_request = dataclasses.replace(
+                    session_request, more=functools.partial(next_round, target))
             try:
                 outcome = await send_session(engine.connect(target), session_request,
                                              engine.clock, log_session)
