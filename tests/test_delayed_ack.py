@@ -147,6 +147,25 @@ class DelayedAckTests(EngineHarness):
         await self.advance(EXPEDITE_FIRST * 0.1, step=EXPEDITE_FIRST * 0.1)
         assert self.reply().startswith(b"250 2.6.0 ")
 
+    async def test_an_open_session_to_the_primary_makes_the_due_discard_query(self):
+        """F.6 while a session to the primary is open: the expedited query falls to that
+        session (it asks after its current round), once, not to a session of its own."""
+        await self.start_with_client()
+        await self.send()
+        stored = self.fakes["HUB02"].stored[0].message
+        self.fakes["HUB02"].discards[stored.session.shadow_context] = [
+            stored.shadow_message_id]
+        shadow = self.engine.shadow
+        shadow.open_sessions["HUB02"] = 1  # as while a delivery session is open
+        assert not shadow._discards_due("HUB02")
+        await self.advance(EXPEDITE_FIRST, step=EXPEDITE_FIRST)
+        assert self.reply() == b""  # no query session of its own
+        assert shadow._discards_due("HUB02")  # the open session's to ask, once
+        assert not shadow._discards_due("HUB02")
+        shadow.open_sessions["HUB02"] = 0  # that session ended without asking
+        await self.advance(EXPEDITE_FIRST * 2, step=EXPEDITE_FIRST)
+        assert self.reply().startswith(b"250 2.6.0 ")
+
     async def test_failed_early_queries_do_not_count_as_failed_heartbeats(self):
         """The early discard queries for a held 250 come milliseconds apart; were their
         failures counted, a primary down for a moment would be taken over. Only the

@@ -216,6 +216,33 @@ def test_next_round_of_a_shadowed_session_goes_once_the_first_is_answered():
     assert all(m.accepted and m.shadowed for m in outcome.messages)
 
 
+def test_discard_query_due_between_rounds_goes_before_the_next_round():
+    """F.6 on an open session: when the caller says a discard query is due, XQDISCARD goes
+    after the round just answered, its ids reach the caller at once, and the next round
+    follows; the session's own query at its end still comes."""
+    heard: list[list[str]] = []
+    due = iter([True, False])
+    bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(2)]
+    more = Rounds([message(bodies[1], ID2)])
+    s = Scripted(SessionRequest("hub01.contoso.test", [message(bodies[0], ID1)],
+                                shadow_context=CONTEXT, more=more,
+                                discards_due=lambda: next(due),
+                                on_discards=lambda ids, at: heard.append(list(ids))))
+    s.server("220 edge01 ready\n")
+    s.server("250-edge01 Hello\n250-PIPELINING\n250-CHUNKING\n250 XSHADOW\n")
+    s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n")
+    assert s.server(OK_MESSAGE) == b"XQDISCARD 50\r\n"
+    assert more.seen == []
+    assert s.server(f"250 {ID1}\n") == _mail(bodies[1], ID2)
+    assert heard == [[ID1]]
+    assert s.server(OK_MESSAGE) == b"XQDISCARD 50\r\n"  # not due, but the session ends
+    assert s.server(f"250 {ID2}\n") == b"QUIT\r\n"
+    assert heard == [[ID1], [ID2]]
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    assert s.outcomes[0].discards == [ID1, ID2]
+
+
 def test_next_round_to_a_peer_without_pipelining_goes_one_message_at_a_time():
     """More messages for an open session to a foreign peer: each after the last's reply."""
     bodies = [f"Subject: {n}\r\n\r\nhello\r\n".encode() for n in range(2)]

@@ -4,8 +4,9 @@ One session: EHLO (HELO fallback), STARTTLS where offered and wanted,
 ``XSHADOW`` where advertised and asked for, then each message — pipelined
 where the peer offers PIPELINING, sent with BDAT where it offers CHUNKING,
 with ``MAIL … XSHADOW=<id>`` on a shadowed session, and then, as long as the caller has
-more ready (``SessionRequest.more``), the next ones — then ``XQDISCARD <max>``
-repeated while the reply was full, then ``QUIT``. On a shadowed session whose peer
+more ready (``SessionRequest.more``), the next ones, with an ``XQDISCARD`` between two
+rounds where the caller says one is due — then ``XQDISCARD <max>`` repeated while the reply
+was full, then ``QUIT``. On a shadowed session whose peer
 offers PIPELINING and CHUNKING, all the session's messages go out in one pipeline
 (RFC 2920, RFC 3030: ``MAIL``, ``RCPT``…, ``BDAT <n> LAST`` and the body, for
 each), so the peer can commit them together instead of one round trip each. Every
@@ -79,6 +80,9 @@ class SessionRequest:
     session (an Exchange send connector takes its queue's next messages on an open
     connection, up to ``MaxMessagesPerConnection``); none ends them. Given the outcome so
     far; the new messages' outcomes follow the earlier ones in its ``messages``."""
+    discards_due: Callable[[], bool] | None = None
+    """Asked on a shadowed session after each round of messages: true asks ``XQDISCARD``
+    there and then, not only at the session's end (a held 250 is waiting for one)."""
     on_discards: Callable[[Sequence[str], float], None] | None = None
     """Called with each XQDISCARD reply's shadow message ids (and when the query was
     sent) as it arrives, before the session ends."""
@@ -318,11 +322,15 @@ class _Conversation:
                 return out
             if self.request.shadow_context is not None and "XSHADOW" in out.keywords:
                 await self.xshadow()
+            wants_discards = out.shadowed and self.request.query_discards
             messages = self.request.messages
             while messages:
                 await self.send_messages(messages)
+                due = self.request.discards_due
+                if (wants_discards and due is not None and due()
+                        and not await self.query_discards()):
+                    return out
                 messages = await self.request.more(out) if self.request.more else ()
-            wants_discards = out.shadowed and self.request.query_discards
             if wants_discards and not await self.query_discards():
                 return out
             await self.quit()
