@@ -19,6 +19,9 @@ the last one. CPU seconds and peak memory are those of the relay's processes in 
 commits are the queue databases' committed transactions (their writers' counters). Latency:
 ``benchmarks/_latency.py`` (our client and a stamping sink) sends ``--latency-messages`` the
 same way and times each message's acknowledgement and its arrival at the sink (p50/p99).
+All of it ``--rounds`` times (default 3), every system in turn; the table gives medians, the
+throughput's range, and the ratio to Postfix as the median of the same-round ratios
+(benchmarks/_rounds.py).
 
 Shadow queues at scale (``--shadows``, benchmarks/shadow_queue.py): a hub's memory holding N
 shadow copies, and discarding N/10 and N of them. Resubmission storm (``--storm``): EDGE01
@@ -54,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from _postfix import PostfixRelay, postfix_tools
+from _rounds import added_latency, summarize
 
 from exchange_emu.lab.org_builder import OrgSpec, SendConnectorSpec, ServerSpec, write_org
 from exchange_emu.lab.processes import ServerProcess, free_ports
@@ -334,6 +338,18 @@ def latency_phase(relay: Relay, sessions: int, messages: int, size: int,
             "e2e_ms": [round(v * 1000, 2) for v in result["e2e"]]}
 
 
+def relay_rounds(args: argparse.Namespace, tools: dict[str, str], directory: Path
+                 ) -> list[list[dict[str, Any]]]:
+    """``--rounds`` times every system at every session count, one after the other, so
+    that drift in the machine's speed reaches every system alike."""
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"  round {number} of {args.rounds}", flush=True)
+        rounds.append(relay_runs(args, tools, directory))
+    return rounds
+
+
 def relay_runs(args: argparse.Namespace, tools: dict[str, str], directory: Path
                ) -> list[dict[str, Any]]:
     runs = []
@@ -494,11 +510,15 @@ def _mib(kib: int) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
+    rounds = max((r.get("rounds", 1) for r in results["relay"]), default=1)
+    medians = (f" Relay figures are medians of {rounds} rounds (every system in turn); "
+               "msg/s gives the range too, and the ratio to Postfix is the median of the "
+               "ratios measured in the same round." if rounds > 1 else "")
     lines = [
         f"Run {results['started']} with `{results['command']}`; "
         f"{m['cpus']} CPUs, load average at start {m['load_average_start']} and at end "
         f"{m['load_average']}, Python {m['python']}, Postfix {m['postfix']}, "
-        f"{results['size']}-byte messages, {results['database']}.",
+        f"{results['size']}-byte messages, {results['database']}.{medians}",
         "",
         "| system | sessions | msg/s | ratio to Postfix | ack p50 / p99 ms | "
         "end-to-end p50 / p99 ms | CPU ms/msg | commits/s | peak RSS MiB |",
@@ -516,14 +536,24 @@ def markdown(results: dict[str, Any]) -> str:
         reference = postfix.get(r["sessions"])
         peaks = ", ".join(f"{n} {_mib(k)}" for n, k in sorted(
             t["peak_memory_kib"].items(), key=lambda kv: -kv[1])[:3]) or "–"
+        spread = t.get("msg_per_s_range")
+        rate = f"{t['msg_per_s']:.0f}" + (f" ({spread[0]:.0f}–{spread[1]:.0f})"
+                                          if spread and rounds > 1 else "")
+        ratio = (f"{r['ratio_to_postfix']:.2f}×" if "ratio_to_postfix" in r else _ratio(
+            t["msg_per_s"], reference["throughput"]["msg_per_s"] if reference else None))
         lines.append(
-            f"| {LABELS[r['system']]} | {r['sessions']} | {t['msg_per_s']:.0f} | "
-            f"{_ratio(t['msg_per_s'], reference['throughput']['msg_per_s'] if reference else None)}"
+            f"| {LABELS[r['system']]} | {r['sessions']} | {rate} | {ratio}"
             f" | {_pair(lat['ack_ms']) if lat else '–'} | "
             f"{_pair(lat['e2e_ms']) if lat else '–'} | "
             f"{'–' if r['system'] == 'direct' else format(t['cpu_ms_per_message'], '.2f')} | "
             f"{t['commits_per_s'] if t['commits_per_s'] is not None else '–'} | {peaks} |"
             + (f" latency failed: {r['error']}" if "error" in r else ""))
+    added = added_latency(results["relay"])
+    if added:
+        lines += ["", "Added by shadow redundancy and delayed acknowledgement to the sender's "
+                  "acknowledgement at p99 (exchange-emu minus exchange-emu with shadow off): "
+                  + ", ".join(f"{ms:+.1f} ms at {n} session{'s' if n != 1 else ''}"
+                              for n, ms in added.items()) + "."]
     sq = results.get("shadow_queue")
     if sq:
         lines += ["", f"Shadow queues: a hub holding {sq['shadows']} shadow copies (1 KB bodies): "
@@ -597,6 +627,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 up, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -621,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000, help="per throughput run")
     parser.add_argument("--latency-messages", type=int, default=500, help="per latency run")
     parser.add_argument("--sessions", type=_int_list, default=[1, 20], help="e.g. 1,20")
+    parser.add_argument("--rounds", type=_positive, default=3,
+                        help="relay runs of every system, in turn; medians are reported")
     parser.add_argument("--size", type=int, default=10240, help="message size in bytes")
     parser.add_argument("--systems", type=_systems, default=list(SYSTEMS),
                         help=f"comma-separated, from {','.join(SYSTEMS)}")
@@ -659,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmark suite: load average {load_start}", flush=True)
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="exchange-emu-bench-") as tmp:
         directory = Path(tmp)
-        results["relay"] = relay_runs(args, tools, directory)
+        results["rounds"] = relay_rounds(args, tools, directory)
+        results["relay"] = summarize(results["rounds"])
         if args.shadows:
             print(f"  shadow queues: {args.shadows} shadows …", flush=True)
             results["shadow_queue"] = shadow_queue_runs(args.shadows, args.discard_batch)

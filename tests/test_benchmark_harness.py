@@ -38,8 +38,8 @@ def test_tiny_suite_run_writes_well_formed_results(tmp_path: Path) -> None:
                     "<!-- suite:end -->\n\nAlso by hand.\n")
     done = subprocess.run(
         [sys.executable, "benchmarks/suite.py", "--messages", "12", "--latency-messages", "6",
-         "--sessions", "2", "--shadows", "200", "--discard-batch", "50", "--storm", "10",
-         "--timeout", "120", "--json", str(results_file), "--markdown", str(page),
+         "--sessions", "2", "--rounds", "2", "--shadows", "200", "--discard-batch", "50",
+         "--storm", "10", "--timeout", "120", "--json", str(results_file), "--markdown", str(page),
          "--plot", str(image)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -48,9 +48,15 @@ def test_tiny_suite_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert results["machine"]["cpus"] >= 1
     assert len(results["machine"]["load_average"]) == 3
     assert {run["system"] for run in results["relay"]} == SYSTEMS
-    for run in results["relay"]:
+    assert len(results["rounds"]) == 2
+    for runs in results["rounds"]:
+        assert sorted(run["system"] for run in runs) == sorted(SYSTEMS)
+    for run in results["relay"]:  # the medians of the two rounds
         assert "error" not in run, run
-        assert run["sessions"] == 2
+        assert run["sessions"] == 2 and run["rounds"] == 2
+        low, high = run["throughput"]["msg_per_s_range"]
+        assert low <= run["throughput"]["msg_per_s"] <= high
+        assert ("ratio_to_postfix" in run) == (run["system"] != "postfix")
         throughput = run["throughput"]
         assert throughput["messages"] == 12
         assert throughput["seconds"] > 0 and throughput["msg_per_s"] > 0
@@ -86,6 +92,8 @@ def test_tiny_suite_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert "an old table" not in text
     assert "| system | sessions | msg/s | ratio to Postfix |" in text
     assert "| Postfix | 2 |" in text
+    assert "medians of 2 rounds" in text
+    assert "to the sender's acknowledgement at p99" in text and " ms at 2 sessions." in text
     assert image.read_bytes().startswith(b"\x89PNG")
 
 
