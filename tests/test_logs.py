@@ -908,3 +908,25 @@ def test_protocol_rows_are_quoted_as_the_csv_module_quotes_them(connector, local
         ["2026-11-28T13:00:00.000Z", connector, session.session_id, "0", local, remote, "*",
          data, context])
     assert written == expected.getvalue()
+
+
+_NOW = 1795870800.0  # 2026-11-28T13:00:00Z
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.floats(min_value=_NOW, max_value=_NOW + 5.0),
+    # on and within a few microseconds of a millisecond's edge, where rounding to
+    # microseconds decides which millisecond a row gets
+    st.builds(lambda ms, offset: _NOW + ms / 1000 + offset,
+              st.integers(0, 5000), st.sampled_from([-2.1e-6, -1e-6, -5e-7, -2.4e-7, 0.0,
+                                                     2.4e-7, 5e-7, 1e-6, 2.1e-6]))),
+    min_size=1, max_size=60))
+def test_log_times_are_datetimes_to_the_millisecond_whatever_came_before(times):
+    """format_timestamp remembers the last millisecond's text; every time, in any order
+    after any other, still reads as ``datetime.fromtimestamp`` truncated to milliseconds."""
+    from exchange_emu.logs.logfile import format_timestamp
+
+    for when in times:
+        exact = datetime.fromtimestamp(when, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        assert format_timestamp(when) == exact[:-3] + "Z"

@@ -67,7 +67,9 @@ def format_timestamp(when: datetime | float) -> str:
     Accepts an aware (or naive, taken as UTC) datetime or POSIX seconds; the fraction is
     truncated to whole milliseconds, e.g. ``2026-11-28T13:00:00.000Z``.
     """
-    global _last_second, _last_moment
+    global _last_second, _last_moment, _last_millisecond
+    if when.__class__ is float and _last_millisecond[0] <= when < _last_millisecond[1]:
+        return _last_millisecond[2]
     if isinstance(when, datetime):
         # A naive datetime is UTC already; strftime once a second here too (tracking rows).
         moment = when if when.tzinfo is None or when.tzinfo is UTC else when.astimezone(UTC)
@@ -85,10 +87,18 @@ def format_timestamp(when: datetime | float) -> str:
     if _last_second[0] != second:  # strftime once a second, not once a row
         prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         _last_second = (second, prefix)
-    return f"{_last_second[1]}{ms:03d}Z"
+    text = f"{_last_second[1]}{ms:03d}Z"
+    # Rows come many to a millisecond: remember this one's text for the times well inside
+    # it (a microsecond's margin each side, where rounding to microseconds, as above, could
+    # still carry into the next millisecond; floats near now are 0.24 µs apart).
+    start = second + ms / 1000
+    _last_millisecond = (start + _MARGIN, start + 0.001 - _MARGIN, text)
+    return text
 
 
 _last_second: tuple[int | None, str] = (None, "")  # POSIX second, its strftime prefix
+_last_millisecond: tuple[float, float, str] = (0.0, 0.0, "")  # [from, to) POSIX seconds, text
+_MARGIN = 2e-6
 _last_moment: tuple[int | None, str] = (None, "")  # seconds since 0001-01-01, its prefix
 
 
@@ -277,13 +287,15 @@ class RollingLogFile:
             raise ValueError(f"expected {len(self.fields)} values, got {len(values)}")
         self.write_line(_csv_line(values))
 
-    def write_line(self, text: str) -> None:
+    def write_line(self, text: str, now: float | None = None) -> None:
         """Buffer one row already in CSV form (every field quoted as :func:`csv_field` does,
-        ``\r\n`` at the end): the protocol logs' per-line path."""
+        ``\r\n`` at the end): the protocol logs' per-line path. ``now``: the clock's time,
+        when the caller has just read it (for the row's date-time)."""
         # A peer's bytes that are not UTF-8 (kept as surrogates) are logged escaped
         # (``\udcff``): a log line must never fail because of what a client sent.
         line = text.encode("utf-8", "backslashreplace")
-        now = self._clock.seconds()
+        if now is None:
+            now = self._clock.seconds()
         if int(now // 86400) != self._day_number:
             self._day_number = int(now // 86400)
             self._day_text = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d")

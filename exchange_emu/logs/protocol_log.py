@@ -174,7 +174,8 @@ class ProtocolLog:
 
     def _write_line(self, columns_after_date: str) -> None:
         """One row: the date-time, then the other columns already in CSV form."""
-        self._file.write_line(f"{format_timestamp(self._clock.seconds())},{columns_after_date}")
+        now = self._clock.seconds()
+        self._file.write_line(f"{format_timestamp(now)},{columns_after_date}", now)
 
     def flush(self) -> None:
         """Write buffered rows to disk now."""
