@@ -508,6 +508,15 @@ class SessionRoundTests(EngineHarness):
         goes on that session once the 250 came, not on a session of its own; the first
         is booked (shadow copy, SEND, HAREDIRECT) meanwhile, before the session ends."""
         await self.start()
+        bookings = []
+        write = self.engine.database.write
+
+        def counting_write(job: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            if job is jobs.record_session:
+                bookings.append(len(args[0]))
+            return write(job, *args, **kwargs)
+
+        self.engine.database.write = counting_write  # type: ignore[method-assign]
         hub02 = self.fakes["HUB02"]
         hub02.hold = True
         first = await self.queue_message("<first@contoso.test>")
@@ -531,3 +540,4 @@ class SessionRoundTests(EngineHarness):
         self.assertEqual(await self.primaries(), {"HUB02": 2})
         self.assertEqual((await self.store.get_message(second)).state, "shadow")
         self.assertEqual(len(self.events("HAREDIRECT")), 2)
+        self.assertEqual(bookings, [1, 1])  # one transaction per round, none empty

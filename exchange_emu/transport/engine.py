@@ -535,8 +535,9 @@ class _SessionRounds:
         await engine.shadow.contact(target, outcome, heartbeat=False)
         first = self.booked
         self.booked = len(self.items)
-        await queue._record(self.items[first:], self.outbound[first:],
-                            outcome.messages[first:], outcome.error, target, primary)
+        if first < self.booked:  # (after the last round, usually booked already)
+            await queue._record(self.items[first:], self.outbound[first:],
+                                outcome.messages[first:], outcome.error, target, primary)
         for d in self.booking:
             await d
         if primary is not None and outcome.discards:
