@@ -89,8 +89,8 @@ def format_timestamp(when: datetime | float) -> str:
         _last_second = (second, prefix)
     text = f"{_last_second[1]}{ms:03d}Z"
     # Rows come many to a millisecond: remember this one's text for the times well inside
-    # it (a microsecond's margin each side, where rounding to microseconds, as above, could
-    # still carry into the next millisecond; floats near now are 0.24 µs apart).
+    # it (_MARGIN each side, where rounding to microseconds, as above, could still carry
+    # into the next millisecond; floats near now are 0.24 µs apart).
     start = second + ms / 1000
     _last_millisecond = (start + _MARGIN, start + 0.001 - _MARGIN, text)
     return text
