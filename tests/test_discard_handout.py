@@ -16,7 +16,11 @@ from twisted.trial.unittest import TestCase
 
 from exchange_emu.storage import QueueDatabase
 from exchange_emu.storage.tables import discard_notifications
-from exchange_emu.transport.discard_handout import DiscardHandOut
+from exchange_emu.transport.discard_handout import (
+    DELETE_BATCH,
+    DELETE_DELAY,
+    DiscardHandOut,
+)
 from exchange_emu.transport.jobs import delete_discards, waiting_discards
 
 CONTEXT = "EDGE01-context"
@@ -136,17 +140,18 @@ class DiscardHandOutTests(_WithQueueDatabase):
         assert await self.remaining() == ["shadow-1"]
 
 
-class CountedReads:
-    """The queue database, counting the reads made through it."""
+class CountedCalls:
+    """The queue database, counting the reads and writes made through it."""
 
     def __init__(self, db: QueueDatabase) -> None:
-        self.db, self.reads = db, 0
+        self.db, self.reads, self.writes = db, 0, 0
 
     def read(self, *args: Any) -> Deferred[Any]:
         self.reads += 1
         return self.db.read(*args)
 
     def write(self, *args: Any) -> Deferred[Any]:
+        self.writes += 1
         return self.db.write(*args)
 
 
@@ -154,9 +159,9 @@ class FedDiscardHandOutTests(_WithQueueDatabase):
     """With a clock, notifications fed in as they are committed are handed out from memory;
     the database is read at a holder's first query and every sweep interval after."""
 
-    def make(self) -> tuple[DiscardHandOut, CountedReads, task.Clock]:
+    def make(self) -> tuple[DiscardHandOut, CountedCalls, task.Clock]:
         clock = task.Clock()
-        database = CountedReads(self.db)
+        database = CountedCalls(self.db)
         return DiscardHandOut(database, clock, sweep_interval=5.0), database, clock  # type: ignore[arg-type]
 
     async def test_fed_notifications_are_answered_without_a_read(self):
@@ -172,6 +177,7 @@ class FedDiscardHandOutTests(_WithQueueDatabase):
         assert [(t.shadow_message_id, t.message_id) for t in taken] == [
             ("shadow-0", "<0@x>"), ("shadow-1", "<1@x>")]
         assert database.reads == 1
+        clock.advance(DELETE_DELAY)  # the delete starts
         await self.db.write(lambda conn: None)  # the delete was queued before this write
         assert await self.remaining() == []
         assert await handout.take(CONTEXT, 10) == []
@@ -192,6 +198,7 @@ class FedDiscardHandOutTests(_WithQueueDatabase):
         taken = await handout.take(CONTEXT, 10)
         assert [t.shadow_message_id for t in taken] == ["shadow-0", "shadow-2"]
         assert database.reads == 2
+        clock.advance(DELETE_DELAY)
         await self.db.write(lambda conn: None)
         assert await self.remaining() == []
 
@@ -212,3 +219,62 @@ class FedDiscardHandOutTests(_WithQueueDatabase):
         handout.queued(CONTEXT, "shadow-1", "<1@x>")
         handout.forget_older_than(2)
         assert [t.shadow_message_id for t in await handout.take(CONTEXT, 10)] == ["shadow-1"]
+
+
+class GroupedDeleteTests(_WithQueueDatabase):
+    """With a clock, the deletes of what several queries handed out go in one write."""
+
+    def make(self) -> tuple[DiscardHandOut, CountedCalls, task.Clock]:
+        clock = task.Clock()
+        database = CountedCalls(self.db)
+        return DiscardHandOut(database, clock), database, clock  # type: ignore[arg-type]
+
+    async def test_queries_within_the_delay_share_one_delete(self):
+        handout, database, clock = self.make()
+        await self.notify(3)
+        for n in range(3):
+            handout.queued(CONTEXT, f"shadow-{n}", f"<{n}@x>")
+        assert [t.shadow_message_id for t in await handout.take(CONTEXT, 1)] == ["shadow-0"]
+        clock.advance(DELETE_DELAY / 2)
+        assert [t.shadow_message_id for t in await handout.take(CONTEXT, 10)] == [
+            "shadow-1", "shadow-2"]
+        assert database.writes == 0
+        await self.db.write(lambda conn: None)
+        assert await self.remaining() == ["shadow-0", "shadow-1", "shadow-2"]
+        clock.advance(DELETE_DELAY / 2)
+        assert database.writes == 1
+        await self.db.write(lambda conn: None)
+        assert await self.remaining() == []
+
+    async def test_a_sweep_while_the_delete_waits_hands_nothing_out_again(self):
+        clock = task.Clock()
+        database = CountedCalls(self.db)
+        handout = DiscardHandOut(database, clock,  # type: ignore[arg-type]
+                                 sweep_interval=DELETE_DELAY / 2)
+        await self.notify(2)
+        assert len(await handout.take(CONTEXT, 10)) == 2  # the first query's sweep
+        clock.advance(DELETE_DELAY / 2)  # a sweep is due; the delete has not started
+        assert await handout.take(CONTEXT, 10) == []
+        assert (database.reads, database.writes) == (2, 0)
+        clock.advance(DELETE_DELAY / 2)
+        await self.db.write(lambda conn: None)
+        assert await self.remaining() == []
+
+    async def test_a_full_batch_is_deleted_at_once(self):
+        handout, database, _ = self.make()
+        await self.notify(DELETE_BATCH)
+        taken = await handout.take(CONTEXT, DELETE_BATCH)
+        assert len(taken) == DELETE_BATCH
+        assert database.writes == 1  # without waiting for the clock
+        await self.db.write(lambda conn: None)
+        assert await self.remaining() == []
+
+    async def test_stopping_flushes_what_waits(self):
+        handout, database, _ = self.make()
+        await self.notify(1)
+        assert len(await handout.take(CONTEXT, 10)) == 1
+        handout.flush_deletes()
+        assert database.writes == 1
+        assert handout._delete_timer is None
+        await self.db.write(lambda conn: None)
+        assert await self.remaining() == []

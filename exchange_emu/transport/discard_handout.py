@@ -2,9 +2,11 @@
 
 A notification says that a message the holder shadows is delivered; that became true (and
 durable) when the delivery was recorded. Handing it out therefore waits for no commit: the
-notifications are answered at once and deleted in a group-committed write afterwards. Until
-that delete is committed they are not handed out again by this process; after a crash in
-between the holder may be told twice, which it ignores (the shadow is already gone).
+notifications are answered at once and deleted afterwards — with a clock, those handed out
+within :data:`DELETE_DELAY` seconds in one write, so a lone sender's messages do not cost a
+commit each. Until that delete is committed they are not handed out again by this process;
+after a crash in between the holder may be told twice, which it ignores (the shadow is
+already gone).
 
 Like Exchange's shadow redundancy manager, the primary keeps the notifications it prepared in
 memory (:meth:`DiscardHandOut.queued`, called once their commit returned), so an
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from exchange_emu.storage import QueueDatabase
 from exchange_emu.transport.jobs import WaitingDiscard, delete_discards, waiting_discards
@@ -26,6 +28,10 @@ from exchange_emu.transport.jobs import WaitingDiscard, delete_discards, waiting
 DATABASE_SWEEP_INTERVAL = 5.0
 """Seconds between reads of a holder's notifications from the queue database, when the
 notifications are also fed in as they are prepared."""
+DELETE_DELAY = 0.25
+"""Seconds the deletes of handed-out notifications wait to go together in one write."""
+DELETE_BATCH = 500
+"""This many handed-out notifications waiting for their delete go at once."""
 
 
 class DiscardHandOut:
@@ -52,6 +58,9 @@ class DiscardHandOut:
         self._deleted: dict[tuple[str, str], int] = {}
         """(context, shadow id) -> the number of the first read started after its delete
         committed: an earlier read may still return the row, and must not hand it out again."""
+        self._to_delete: dict[str, list[str]] = {}
+        """Context -> shadow ids handed out whose delete has not started (DELETE_DELAY)."""
+        self._delete_timer: IDelayedCall | None = None
 
     def queued(self, context: str, shadow_message_id: str, message_id: str) -> None:
         """A notification for ``context`` was committed: hand it out at the next query."""
@@ -79,13 +88,33 @@ class DiscardHandOut:
         if not waiting:
             self._waiting.pop(context, None)
         if taken:
-            keys = {(context, s) for s in shadow_ids}
-            self._deleting |= keys
-            deleted: Deferred[None] = self.database.write(delete_discards, context, shadow_ids)
-            # Failed: the next database read finds them again (harmless to the holder).
-            deleted.addCallback(lambda _: self._committed(keys))
-            deleted.addBoth(lambda _: self._deleting.difference_update(keys))
+            self._deleting.update((context, s) for s in shadow_ids)
+            if self._clock is None:
+                self._delete(context, shadow_ids)
+            else:
+                self._to_delete.setdefault(context, []).extend(shadow_ids)
+                if sum(map(len, self._to_delete.values())) >= DELETE_BATCH:
+                    self.flush_deletes()
+                elif self._delete_timer is None:
+                    self._delete_timer = self._clock.callLater(DELETE_DELAY,
+                                                               self.flush_deletes)
         return taken
+
+    def flush_deletes(self) -> None:
+        """Start the deletes of everything handed out so far (also when stopping)."""
+        if self._delete_timer is not None and self._delete_timer.active():
+            self._delete_timer.cancel()
+        self._delete_timer = None
+        waiting, self._to_delete = self._to_delete, {}
+        for context, shadow_ids in waiting.items():
+            self._delete(context, shadow_ids)
+
+    def _delete(self, context: str, shadow_ids: list[str]) -> None:
+        keys = {(context, s) for s in shadow_ids}
+        deleted: Deferred[None] = self.database.write(delete_discards, context, shadow_ids)
+        # Failed: the next database read finds them again (harmless to the holder).
+        deleted.addCallback(lambda _: self._committed(keys))
+        deleted.addBoth(lambda _: self._deleting.difference_update(keys))
 
     def _sweep_due(self, context: str) -> bool:
         if self._clock is None:

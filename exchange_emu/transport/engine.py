@@ -213,6 +213,7 @@ class TransportEngine(service.Service):
                 timer.cancel()
         for queue in self.queues.values():
             queue.cancel_timer()
+        self.discards.flush_deletes()
         pending = DeferredList(list(self._active), consumeErrors=True)
         pending.addTimeout(10, self.clock, onTimeoutCancel=lambda result, timeout: None)
         d: Deferred[Any] = pending.addBoth(lambda _: self.database.write(jobs.stopped_cleanly))
