@@ -45,6 +45,8 @@ class FakePolicy:
         self.hold = False
         self.held: list[Deferred[Any]] = []
         self.discards: dict[str, list[str]] = {}
+        self.discard_queries: list[str] = []
+        """The session id of each XQDISCARD asked."""
         self.refuse_recipients: set[str] = set()
         self.defer_recipients: set[str] = set()
         self.database_guid = DATABASE_GUID
@@ -86,6 +88,7 @@ class FakePolicy:
 
     def take_discards(self, session: SessionInfo, maximum: int) -> Deferred[list[str]]:
         assert session.shadow_context is not None
+        self.discard_queries.append(session.session_id)
         queue = self.discards.get(session.shadow_context, [])
         taken, self.discards[session.shadow_context] = queue[:maximum], queue[maximum:]
         return succeed(taken)

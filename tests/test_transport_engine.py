@@ -16,7 +16,7 @@ from org_files import chain_org
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
 from exchange_emu.directory import load_organization
@@ -77,6 +77,7 @@ class EngineHarness(TestCase):
             TransportTracking(self.server, self.log), reactor, clock=self.clock)
         self.fakes: dict[str, FakePolicy] = {}
         self.listeners: dict[str, Any] = {}
+        self.fake_factories: dict[str, ExchangeESMTPFactory] = {}
         for name in fakes:
             await self.start_fake(name)
         self.engine.startService()
@@ -94,20 +95,32 @@ class EngineHarness(TestCase):
         self.fakes[name] = policy
         fqdn = self.organization.server(name).fqdn
         factory = ExchangeESMTPFactory(ServerSettings(f"Default {name}", fqdn), policy, reactor)
+        self.fake_factories[name] = factory
         self.listeners[name] = await TCP4ServerEndpoint(
             reactor, self.ports[name], interface="127.0.0.1").listen(factory)
         return policy
 
     async def stop_fake(self, name: str) -> None:
+        """The fake server goes down: no new connections, and the open ones are cut."""
         await self.listeners.pop(name).stopListening()
+        factory = self.fake_factories.pop(name, None)
+        for session in list(factory.sessions if factory is not None else ()):
+            session.transport.abortConnection()  # type: ignore[union-attr]
 
     async def settle(self) -> None:
         """Run what is due on the Clock, and wait for the work it starts, until quiet."""
-        for _ in range(200):
+        for _ in range(2000):
             self.clock.advance(0)
             active = list(self.engine._active)
-            if active:
-                await DeferredList(active)
+            # Sessions kept open for a held 250's discard query wait for the Clock: wait
+            # for any work to end, bounded, as a session may go back to waiting meanwhile.
+            lingering = sum(len(queue.idle) for queue in self.engine.queues.values())
+            if len(active) > lingering:
+                bound = deferLater(reactor, 0.01)
+                bound.addErrback(lambda _: None)
+                await DeferredList([*active, bound], fireOnOneCallback=True,
+                                   fireOnOneErrback=True, consumeErrors=True)
+                bound.cancel()
                 continue
             due = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
             if not due:

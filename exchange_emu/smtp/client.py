@@ -5,8 +5,10 @@ One session: EHLO (HELO fallback), STARTTLS where offered and wanted,
 where the peer offers PIPELINING, sent with BDAT where it offers CHUNKING,
 with ``MAIL … XSHADOW=<id>`` on a shadowed session, and then, as long as the caller has
 more ready (``SessionRequest.more``), the next ones, with an ``XQDISCARD`` between two
-rounds where the caller says one is due — then ``XQDISCARD <max>`` repeated while the reply
-was full, then ``QUIT``. On a shadowed session whose peer
+rounds where the caller says one is due; with nothing left to send, the session stays open
+while the caller wants it to (``SessionRequest.linger``: a held acknowledgement waits for a
+discard notification from this peer) — then ``XQDISCARD <max>`` repeated while the reply
+was full (unless the session has just asked), then ``QUIT``. On a shadowed session whose peer
 offers PIPELINING and CHUNKING, all the session's messages go out in one pipeline
 (RFC 2920, RFC 3030: ``MAIL``, ``RCPT``…, ``BDAT <n> LAST`` and the body, for
 each), so the peer can commit them together instead of one round trip each. Every
@@ -80,6 +82,9 @@ class SessionRequest:
     session (an Exchange send connector takes its queue's next messages on an open
     connection, up to ``MaxMessagesPerConnection``); none ends them. Given the outcome so
     far; the new messages' outcomes follow the earlier ones in its ``messages``."""
+    linger: Callable[[], Awaitable[bool]] | None = None
+    """Asked on a shadowed session that has nothing left to send: true keeps it open (it
+    then asks ``discards_due`` and ``more`` again), false ends it."""
     discards_due: Callable[[], bool] | None = None
     """Asked on a shadowed session after each round of messages: true asks ``XQDISCARD``
     there and then, not only at the session's end (a held 250 is waiting for one)."""
@@ -323,15 +328,33 @@ class _Conversation:
             if self.request.shadow_context is not None and "XSHADOW" in out.keywords:
                 await self.xshadow()
             wants_discards = out.shadowed and self.request.query_discards
+            linger = self.request.linger if wants_discards else None
             messages = self.request.messages
-            while messages:
-                await self.send_messages(messages)
-                due = self.request.discards_due
-                if (wants_discards and due is not None and due()
-                        and not await self.query_discards()):
-                    return out
+            just_asked = False
+            while True:
+                while messages:
+                    await self.send_messages(messages)
+                    just_asked = False
+                    if wants_discards and self._query_due():
+                        if not await self.query_discards():
+                            return out
+                        just_asked = True
+                    messages = await self.request.more(out) if self.request.more else ()
+                if linger is None:
+                    break
+                if not just_asked:  # (what the session's end would ask)
+                    if not await self.query_discards():
+                        return out
+                    just_asked = True
+                if not await linger():
+                    break
+                if self._query_due():
+                    if not await self.query_discards():
+                        return out
+                    just_asked = True
                 messages = await self.request.more(out) if self.request.more else ()
-            if wants_discards and not await self.query_discards():
+            # The session ends with XQDISCARD, unless it has just asked and sent nothing since.
+            if wants_discards and not just_asked and not await self.query_discards():
                 return out
             await self.quit()
         except (CancelledError, TimeoutError):
@@ -343,6 +366,10 @@ class _Conversation:
             if transport is not None:
                 transport.loseConnection()
         return out
+
+    def _query_due(self) -> bool:
+        due = self.request.discards_due
+        return due is not None and due()
 
     async def hello(self) -> bool:
         out = self.outcome

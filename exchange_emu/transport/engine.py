@@ -213,6 +213,8 @@ class TransportEngine(service.Service):
                 timer.cancel()
         for queue in self.queues.values():
             queue.cancel_timer()
+            for wake in list(queue.idle):
+                wake.fire(False)
         self.discards.flush_deletes()
         pending = DeferredList(list(self._active), consumeErrors=True)
         pending.addTimeout(10, self.clock, onTimeoutCancel=lambda result, timeout: None)
@@ -487,6 +489,18 @@ class _Connection:
             queue._connection_closed()
 
 
+class _Wake:
+    """An idle session's wait: fired with true to go on (messages ready, or a discard query
+    due), with false to end."""
+
+    def __init__(self) -> None:
+        self.d: Deferred[bool] = Deferred()
+
+    def fire(self, go_on: bool) -> None:
+        if not self.d.called:
+            self.d.callback(go_on)
+
+
 class _SessionRounds:
     """One outbound session of a delivery queue, in rounds: once a round of its messages
     is answered, that round is booked (the SEND rows, shadow copies, F.6) while the session
@@ -503,6 +517,8 @@ class _SessionRounds:
         self.booked = 0
         """How many of ``items`` (from the first) are booked or being booked."""
         self.booking: list[Deferred[Any]] = []
+        self.discards_applied = 0
+        """How many of the session's discard notifications (from the first) are applied."""
 
     def _primary(self, target: Target, outcome: SessionOutcome) -> str | None:
         return (target.server or str(target.address)) if outcome.shadowed else None
@@ -517,17 +533,50 @@ class _SessionRounds:
                 # over the old shadows, never the ones this session makes.
                 await engine.shadow.contact(target, outcome, heartbeat=False)
             first, self.booked = self.booked, answered
-            self.booking.append(engine.track(_run(
+            primary = self._primary(target, outcome)
+            booking = engine.track(_run(
                 queue._record(self.items[first:answered], self.outbound[first:answered],
-                              outcome.messages[first:answered], None, target,
-                              self._primary(target, outcome)),
-                f"delivery queue {queue.name}")))
+                              outcome.messages[first:answered], None, target, primary),
+                f"delivery queue {queue.name}"))
+            if primary is not None:  # a session kept open for it looks again (linger)
+                booking.addBoth(engine.shadow.recorded, primary)
+            self.booking.append(booking)
+        self._apply_discards(target, outcome)
         added = await queue._next_for_session(self.batch,
                                               MESSAGES_PER_SESSION - len(self.items))
         messages = [queue._outbound(item, self.shadow) for item in added]
         self.items.extend(added)
         self.outbound.extend(messages)
         return messages
+
+    async def linger(self, target: Target) -> bool:
+        """Nothing left to send: keep the session while a held acknowledgement waits for a
+        discard notification from this primary (F.6 then asks here, without a session of
+        its own) or this session's shadow copies are still being recorded, until messages
+        are ready for it or the query falls due; end it once neither holds, or when the
+        session is full."""
+        queue, engine = self.queue, self.queue.engine
+        primary = target.server or str(target.address)
+        shadow = engine.shadow
+        if engine.stopping or queue.suspended or len(self.items) >= MESSAGES_PER_SESSION:
+            return False
+        if shadow.discards_due_soon(primary) or queue.has_ready():
+            return True
+        if not (self.recording() or shadow.awaits_discards(primary)):
+            return False
+        wake = _Wake()
+        queue.idle.append(wake)
+        shadow.idle.setdefault(primary, []).append(wake)
+        wake.d.addTimeout(EXPEDITE_MAX, engine.clock, onTimeoutCancel=lambda *_: False)
+        try:
+            return await wake.d
+        finally:
+            queue.idle.remove(wake)
+            shadow.idle[primary].remove(wake)
+
+    def recording(self) -> bool:
+        """Is a booking of this session still being written?"""
+        return any(not d.called for d in self.booking)
 
     async def finish(self, target: Target, outcome: SessionOutcome) -> None:
         """The session is over: book the rest, then apply the discards it brought."""
@@ -539,11 +588,23 @@ class _SessionRounds:
         if first < self.booked:  # (after the last round, usually booked already)
             await queue._record(self.items[first:], self.outbound[first:],
                                 outcome.messages[first:], outcome.error, target, primary)
+        self._apply_discards(target, outcome)
         for d in self.booking:
             await d
-        if primary is not None and outcome.discards:
-            await engine.shadow.apply_discards(
-                primary, outcome.discards, outcome.discards_queried_at or engine.clock.seconds())
+
+    def _apply_discards(self, target: Target, outcome: SessionOutcome) -> None:
+        """D.7 for the discard notifications the session brought since the last time (a
+        session kept open for a held acknowledgement asks several times)."""
+        primary = self._primary(target, outcome)
+        fresh = outcome.discards[self.discards_applied:]
+        if primary is None or not fresh:
+            return
+        self.discards_applied = len(outcome.discards)
+        engine = self.queue.engine
+        self.booking.append(engine.track(_run(
+            engine.shadow.apply_discards(primary, fresh, outcome.discards_queried_at
+                                         or engine.clock.seconds()),
+            f"discards from {primary}")))
 
 
 class DeliveryQueue:
@@ -555,6 +616,8 @@ class DeliveryQueue:
         self.items: dict[int, float] = {}  # internal id -> not before
         self.in_flight: set[int] = set()
         self.sessions = 0
+        self.idle: list[_Wake] = []
+        """Open sessions waiting with nothing to send (``_SessionRounds.linger``)."""
         self.status = "Ready"
         self.retry_count = 0
         self.next_attempt = 0.0
@@ -613,8 +676,10 @@ class DeliveryQueue:
             self.kick(self.next_attempt - now)
             return
         ready = sorted(i for i, t in self.items.items() if t <= now and i not in self.in_flight)
+        if ready and self.idle:
+            self.idle[0].fire(True)  # an open session takes them
         # A new session for a full batch, or when none is open; otherwise what
-        # arrives meanwhile waits for the open session to end and goes together.
+        # arrives meanwhile waits for an open session's next round.
         while ready and self.sessions < MAX_SESSIONS_PER_QUEUE and (
             self.sessions == 0 or len(ready) >= MESSAGES_PER_SESSION
         ):
@@ -629,6 +694,10 @@ class DeliveryQueue:
         later = [t for i, t in self.items.items() if i not in self.in_flight and t > now]
         if later:
             self.kick(min(later) - now)
+
+    def has_ready(self) -> bool:
+        now = self.engine.clock.seconds()
+        return any(t <= now and i not in self.in_flight for i, t in self.items.items())
 
     def _connection_closed(self) -> None:
         """A session's connection is over: another may start for what waits meanwhile,
@@ -710,7 +779,8 @@ class DeliveryQueue:
             discard_max=engine.settings.xqdiscard_max_events,
         )
         outcome, target = await engine.shadow.session(self.hop, request,
-                                                      next_round=session.next_round)
+                                                      next_round=session.next_round,
+                                                      linger=session.linger)
         connection.close()
         if target is None:
             await self._queue_failed(items, f"451 4.4.0 {outcome.error or 'connection failed'}")
@@ -916,6 +986,8 @@ class ShadowRedundancy:
         self._query_due: set[str] = set()
         """Primaries whose expedited discard query fell due while a session to them was
         open: that session asks after its current round."""
+        self.idle: dict[str, list[_Wake]] = {}
+        """Primary -> its open sessions waiting with nothing to send."""
         self.heartbeats: set[str] = set()
         self.timer: IDelayedCall | None = None
         self.started_at = 0.0
@@ -968,9 +1040,11 @@ class ShadowRedundancy:
         self, hop: NextHop, request: SessionRequest,
         next_round: Callable[[Target, SessionOutcome], Awaitable[Sequence[OutboundMessage]]]
         | None = None,
+        linger: Callable[[Target], Awaitable[bool]] | None = None,
     ) -> tuple[SessionOutcome, Target | None]:
-        """Open a session to the first target of ``hop`` that answers; ``next_round``
-        (given the target) is the session's ``SessionRequest.more``."""
+        """Open a session to the first target of ``hop`` that answers; ``next_round`` and
+        ``linger`` (given the target) are the session's ``SessionRequest.more`` and
+        ``SessionRequest.linger``."""
         engine = self.engine
         outcome = SessionOutcome(error="no target")
         for target in engine.ordered_targets(hop):
@@ -986,6 +1060,9 @@ class ShadowRedundancy:
                 session_request = dataclasses.replace(
                     session_request, more=functools.partial(next_round, target),
                     discards_due=functools.partial(self._discards_due, name))
+            if linger is not None and request.shadow_context is not None:
+                session_request = dataclasses.replace(
+                    session_request, linger=functools.partial(linger, target))
             try:
                 outcome = await send_session(engine.connect(target), session_request,
                                              engine.clock, log_session)
@@ -1012,21 +1089,44 @@ class ShadowRedundancy:
             timer.cancel()
         self._expedite_timers[primary] = clock.callLater(delay, self._expedited_query, primary)
 
+    def awaits_discards(self, primary: str) -> bool:
+        """Does a held acknowledgement wait for a discard notification from ``primary``?"""
+        engine = self.engine
+        held = engine.delayed_ack.waiting if engine.delayed_ack is not None else frozenset()
+        return bool(self.expedited.get(primary, set()) & held)
+
+    def discards_due_soon(self, primary: str) -> bool:
+        """Is an expedited query to ``primary`` due and not yet asked?"""
+        return primary in self._query_due
+
+    def recorded(self, result: Any, primary: str) -> Any:
+        """A booking of a session to ``primary`` is written: a session of it waiting with
+        nothing to send decides again whether to stay open."""
+        self._wake_idle(primary, True)
+        return result
+
+    def _wake_idle(self, primary: str, go_on: bool) -> None:
+        for wake in list(self.idle.get(primary, ())):
+            wake.fire(go_on)
+
     def _expedited_query(self, primary: str) -> None:
         engine = self.engine
         held = engine.delayed_ack.waiting if engine.delayed_ack is not None else frozenset()
         waiting = self.expedited.get(primary, set()) & held
         if not waiting or engine.stopping:
             self.expedited.pop(primary, None)
+            self._wake_idle(primary, False)
             return
         self.expedited[primary] = set(waiting)
         delay = min(self._expedite_delay.get(primary, EXPEDITE_FIRST) * 2, EXPEDITE_MAX)
         self._expedite_delay[primary] = delay
         if self.open_sessions.get(primary):
             # A session to that primary is open: it asks after its current round of
-            # messages (or at its end), not a session of its own.
+            # messages, or at once if it waits with nothing to send; not a session of
+            # its own.
             self._query_due.add(primary)
             self._schedule_expedited(primary, delay)
+            self._wake_idle(primary, True)
             return
         d = engine.track(_run(self.heartbeat(primary, expedited=True),
                               f"discard query to {primary}"))
