@@ -181,6 +181,25 @@ class DelayedAckTests(EngineHarness):
             hub02.stored[0].message.session.session_id
         assert hub02.stored[1].message.shadow_message_id is not None
 
+    async def test_a_session_cut_while_open_for_a_held_250_is_no_sign_of_life(self):
+        """The primary dies while the delivery session waits open for a held 250's
+        discard: the cut session does not count as contact (the heartbeats decide, from
+        the last real contact), nor as a failed heartbeat."""
+        await self.start_with_client()
+        await self.send()
+        shadow = self.engine.shadow
+        contacted = shadow.last_contact["HUB02"]
+        await self.advance(1, step=0.1)
+        assert sum(len(q.idle) for q in self.engine.queues.values()) == 1
+        await self.stop_fake("HUB02")
+        for _ in range(100):  # bounded: the cut reaches the session over loopback
+            await self.advance(0.01, step=0.01)
+            if not any(q.idle for q in self.engine.queues.values()):
+                break
+        assert not any(q.idle for q in self.engine.queues.values())
+        assert shadow.last_contact["HUB02"] == contacted
+        assert self.events("RESUBMIT") == []
+
     async def test_an_open_session_to_the_primary_makes_the_due_discard_query(self):
         """F.6 while a session to the primary is open (and busy): the expedited query falls
         to that session, once, not to a session of its own."""

@@ -1171,6 +1171,14 @@ class ShadowRedundancy:
         engine = self.engine
         primary = target.server or str(target.address)
         now = engine.clock.seconds()
+        if not heartbeat and outcome.error is not None:
+            # A delivery session that broke (one kept open for a held 250 may break when
+            # the primary dies) says nothing about the primary now: the heartbeats decide,
+            # unless it brought a database id not known to be this primary's.
+            known = self._healthy.get(primary)
+            if outcome.primary_database_id is None or (
+                    known is not None and outcome.primary_database_id == known[0]):
+                return
         if outcome.banner is not None:
             self.last_contact[primary] = now
         if not heartbeat and not outcome.shadowed:
