@@ -19,11 +19,13 @@ from exchange_emu.storage.tables import discard_notifications
 from exchange_emu.transport.discard_handout import (
     DELETE_BATCH,
     DELETE_DELAY,
+    FEED_GRACE,
     DiscardHandOut,
 )
 from exchange_emu.transport.jobs import delete_discards, waiting_discards
 
 CONTEXT = "EDGE01-context"
+NOW = 1000.0
 
 
 class _WithQueueDatabase(TestCase):
@@ -161,6 +163,7 @@ class FedDiscardHandOutTests(_WithQueueDatabase):
 
     def make(self) -> tuple[DiscardHandOut, CountedCalls, task.Clock]:
         clock = task.Clock()
+        clock.advance(NOW)  # the notifications (created at 0, 1, 2…) are older than FEED_GRACE
         database = CountedCalls(self.db)
         return DiscardHandOut(database, clock, sweep_interval=5.0), database, clock  # type: ignore[arg-type]
 
@@ -211,13 +214,26 @@ class FedDiscardHandOutTests(_WithQueueDatabase):
         second = await handout.take(CONTEXT, 10)
         assert [t.shadow_message_id for t in first + second] == ["shadow-0", "shadow-1"]
 
+    async def test_a_read_leaves_out_what_its_own_commit_is_about_to_feed_in(self):
+        """A notification younger than FEED_GRACE comes from a delivery whose commit feeds it
+        in once its tracking rows are written; a read racing that commit leaves it out
+        (it would go out before those rows), the feed or a later read brings it."""
+        handout, _, _ = self.make()
+        await self.notify(1, first=int(NOW - FEED_GRACE) - 1)  # before a restart, say
+        await self.notify(1, first=int(NOW))  # committed just now, not fed in yet
+        taken = await handout.take(CONTEXT, 10)
+        assert [t.shadow_message_id for t in taken] == [f"shadow-{int(NOW - FEED_GRACE) - 1}"]
+        handout.queued(CONTEXT, f"shadow-{int(NOW)}", "<x>")
+        assert [t.shadow_message_id for t in await handout.take(CONTEXT, 10)] == [
+            f"shadow-{int(NOW)}"]
+
     async def test_notifications_past_the_auto_discard_interval_are_forgotten(self):
         handout, _, clock = self.make()
         assert await handout.take(CONTEXT, 10) == []
         handout.queued(CONTEXT, "shadow-0", "<0@x>")
         clock.advance(3)
         handout.queued(CONTEXT, "shadow-1", "<1@x>")
-        handout.forget_older_than(2)
+        handout.forget_older_than(NOW + 2)
         assert [t.shadow_message_id for t in await handout.take(CONTEXT, 10)] == ["shadow-1"]
 
 
@@ -226,6 +242,7 @@ class GroupedDeleteTests(_WithQueueDatabase):
 
     def make(self) -> tuple[DiscardHandOut, CountedCalls, task.Clock]:
         clock = task.Clock()
+        clock.advance(NOW)
         database = CountedCalls(self.db)
         return DiscardHandOut(database, clock), database, clock  # type: ignore[arg-type]
 
@@ -248,6 +265,7 @@ class GroupedDeleteTests(_WithQueueDatabase):
 
     async def test_a_sweep_while_the_delete_waits_hands_nothing_out_again(self):
         clock = task.Clock()
+        clock.advance(NOW)
         database = CountedCalls(self.db)
         handout = DiscardHandOut(database, clock,  # type: ignore[arg-type]
                                  sweep_interval=DELETE_DELAY / 2)

@@ -12,7 +12,9 @@ Like Exchange's shadow redundancy manager, the primary keeps the notifications i
 memory (:meth:`DiscardHandOut.queued`, called once their commit returned), so an
 ``XQDISCARD`` reply waits for no database read either. The queue database stays the record: a
 holder's first query after start, and one every ``sweep_interval`` seconds after that, also
-reads the notifications the database holds for it (those prepared before a restart).
+reads the notifications the database holds for it (those prepared before a restart) — those
+older than :data:`FEED_GRACE`, so that a read racing a delivery's commit does not hand its
+notification out before the delivery's tracking rows are written.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from exchange_emu.transport.jobs import WaitingDiscard, delete_discards, waiting
 DATABASE_SWEEP_INTERVAL = 5.0
 """Seconds between reads of a holder's notifications from the queue database, when the
 notifications are also fed in as they are prepared."""
+FEED_GRACE = 1.0
+"""A database read leaves out notifications younger than this: their own commit feeds them
+in (:meth:`DiscardHandOut.queued`) once the delivery's tracking rows are written, and a read
+racing that commit would hand one out before them."""
 DELETE_DELAY = 0.25
 """Seconds the deletes of handed-out notifications wait to go together in one write."""
 DELETE_BATCH = 500
@@ -135,7 +141,8 @@ class DiscardHandOut:
         try:
             rows: Sequence[WaitingDiscard] = await self.database.read(
                 waiting_discards, context,
-                maximum + len(known) + len(self._deleting) + len(self._deleted))
+                maximum + len(known) + len(self._deleting) + len(self._deleted),
+                self._sweep_before())
         finally:
             self._open_reads.discard(number)
         now = self._clock.seconds() if self._clock is not None else 0.0
@@ -149,6 +156,9 @@ class DiscardHandOut:
             # What the database holds is older than what was fed in since: it goes first.
             found.update(self._waiting.get(context, {}))
             self._waiting[context] = found
+
+    def _sweep_before(self) -> float | None:
+        return None if self._clock is None else self._clock.seconds() - FEED_GRACE
 
     def _committed(self, keys: set[tuple[str, str]]) -> None:
         for key in keys:

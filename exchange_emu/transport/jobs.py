@@ -636,16 +636,29 @@ _WAITING_FOR_CONTEXT = DirectStatement(
     .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
     .limit(sa.bindparam("b_limit"))
 )
+_WAITING_FOR_CONTEXT_BEFORE = DirectStatement(
+    sa.select(discard_notifications.c.shadow_message_id,
+              discard_notifications.c.internet_message_id)
+    .where(discard_notifications.c.shadow_context == sa.bindparam("b_context"),
+           discard_notifications.c.created_at < sa.bindparam("b_before"))
+    .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
+    .limit(sa.bindparam("b_limit"))
+)
 _DELETE_DISCARD = DirectStatement(sa.delete(discard_notifications).where(
     discard_notifications.c.shadow_context == sa.bindparam("b_context"),
     discard_notifications.c.shadow_message_id == sa.bindparam("b_shadow")))
 
 
-def waiting_discards(conn: Connection, context: str, limit: int) -> list[WaitingDiscard]:
-    """Up to ``limit`` of ``context``'s discard notifications, oldest first (D.6)."""
-    return [WaitingDiscard(shadow_id, message_id or "")
-            for shadow_id, message_id in _WAITING_FOR_CONTEXT.rows(
-                conn, {"b_context": context, "b_limit": limit})]
+def waiting_discards(conn: Connection, context: str, limit: int,
+                     created_before: float | None = None) -> list[WaitingDiscard]:
+    """Up to ``limit`` of ``context``'s discard notifications (those created before
+    ``created_before``, if given), oldest first (D.6)."""
+    if created_before is None:
+        rows = _WAITING_FOR_CONTEXT.rows(conn, {"b_context": context, "b_limit": limit})
+    else:
+        rows = _WAITING_FOR_CONTEXT_BEFORE.rows(
+            conn, {"b_context": context, "b_limit": limit, "b_before": created_before})
+    return [WaitingDiscard(shadow_id, message_id or "") for shadow_id, message_id in rows]
 
 
 def delete_discards(conn: Connection, context: str, shadow_message_ids: Sequence[str]) -> None:
