@@ -505,7 +505,9 @@ class _SessionRounds:
     """One outbound session of a delivery queue, in rounds: once a round of its messages
     is answered, that round is booked (the SEND rows, shadow copies, F.6) while the session
     takes the queue's next ready messages (an Exchange send connector's open connection
-    takes them, up to MaxMessagesPerConnection) instead of each waiting for a session."""
+    takes them, up to MaxMessagesPerConnection) instead of each waiting for a session; with
+    nothing left to send, a shadowed session stays open while a held 250 waits for the
+    primary's discard (``linger``)."""
 
     def __init__(self, queue: DeliveryQueue, batch: list[int],
                  items: list[jobs.DeliveryItem], shadow: bool) -> None:
@@ -696,6 +698,7 @@ class DeliveryQueue:
             self.kick(min(later) - now)
 
     def has_ready(self) -> bool:
+        """Is a message due that no session has taken yet?"""
         now = self.engine.clock.seconds()
         return any(t <= now and i not in self.in_flight for i, t in self.items.items())
 
