@@ -236,14 +236,18 @@ class DelayedAckTests(EngineHarness):
         once the discard comes back, so the 250 does not wait for the delete's commit."""
         await self.start_with_client()
         gate: Deferred[None] = Deferred()
-        write = self.engine.database.write
+        database = self.engine.database
+        write, write_short = database.write, database.write_short
 
-        def gated_write(job: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
-            if job is not jobs.apply_discards:
-                return write(job, *args, **kwargs)
-            return gate.addCallback(lambda _: write(job, *args, **kwargs))
+        def gated(write: Any) -> Any:
+            def gated_write(job: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+                if job is not jobs.apply_discards:
+                    return write(job, *args, **kwargs)
+                return gate.addCallback(lambda _: write(job, *args, **kwargs))
+            return gated_write
 
-        self.engine.database.write = gated_write  # type: ignore[method-assign]
+        database.write = gated(write)  # type: ignore[method-assign]
+        database.write_short = gated(write_short)  # type: ignore[method-assign]
         await self.send()
         stored = self.fakes["HUB02"].stored[0].message
         self.fakes["HUB02"].discards[stored.session.shadow_context] = [

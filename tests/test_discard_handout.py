@@ -109,6 +109,9 @@ class DiscardHandOutTests(_WithQueueDatabase):
             def write(self, *args: Any) -> Deferred[Any]:
                 return self.db.write(*args)
 
+            def write_short(self, *args: Any) -> Deferred[Any]:
+                return self.db.write_short(*args)
+
         database = SlowReplies(self.db)
         handout = DiscardHandOut(database)  # type: ignore[arg-type]
         gate = threading.Event()
@@ -155,6 +158,10 @@ class CountedCalls:
     def write(self, *args: Any) -> Deferred[Any]:
         self.writes += 1
         return self.db.write(*args)
+
+    def write_short(self, *args: Any) -> Deferred[Any]:
+        self.writes += 1
+        return self.db.write_short(*args)
 
 
 class FedDiscardHandOutTests(_WithQueueDatabase):

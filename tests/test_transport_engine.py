@@ -522,14 +522,17 @@ class SessionRoundTests(EngineHarness):
         is booked (shadow copy, SEND, HAREDIRECT) meanwhile, before the session ends."""
         await self.start()
         bookings = []
-        write = self.engine.database.write
+        database = self.engine.database
 
-        def counting_write(job: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
-            if job is jobs.record_session:
-                bookings.append(len(args[0]))
-            return write(job, *args, **kwargs)
+        def counting(write: Any) -> Any:
+            def counting_write(job: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+                if job is jobs.record_session:
+                    bookings.append(len(args[0]))
+                return write(job, *args, **kwargs)
+            return counting_write
 
-        self.engine.database.write = counting_write  # type: ignore[method-assign]
+        database.write = counting(database.write)  # type: ignore[method-assign]
+        database.write_short = counting(database.write_short)  # type: ignore[method-assign]
         hub02 = self.fakes["HUB02"]
         hub02.hold = True
         first = await self.queue_message("<first@contoso.test>")

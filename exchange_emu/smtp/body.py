@@ -112,6 +112,14 @@ class PrefixedBody:
         self._body.seek(0)
         return 0
 
+    @property
+    def size(self) -> int:
+        """The whole body's length, header bytes included."""
+        position = self._body.tell()
+        end = self._body.seek(0, 2)
+        self._body.seek(position)
+        return len(self._prefix) + end
+
     def read(self, size: int = -1) -> bytes:
         out = b""
         if self._pos < len(self._prefix):

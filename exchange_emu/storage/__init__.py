@@ -3,7 +3,7 @@
 Ground floor of the package: imports nothing else of exchange_emu. See docs/storage.md.
 """
 
-from exchange_emu.storage.database import QueueDatabase
+from exchange_emu.storage.database import QueueDatabase, short_write
 from exchange_emu.storage.errors import MessageNotFoundError, SchemaVersionError, StorageError
 from exchange_emu.storage.migrations import MIGRATIONS, Migration
 from exchange_emu.storage.queue import (
@@ -44,4 +44,5 @@ __all__ = [
     "StorageError",
     "StoredMessage",
     "StoredRecipient",
+    "short_write",
 ]

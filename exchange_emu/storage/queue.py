@@ -221,6 +221,23 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield values[start : start + _CHUNK]
 
 
+def body_size(body: bytes | BinaryIO) -> int | None:
+    """How many bytes a message body holds: its ``size`` if it tells one, or a file's
+    length; None if it cannot say."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return len(body)
+    size = getattr(body, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        position = body.tell()
+        end = body.seek(0, 2)
+        body.seek(position)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return end
+
+
 def _read_body(body: bytes | BinaryIO) -> bytes:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body)

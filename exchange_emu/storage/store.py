@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from twisted.internet.defer import Deferred
 
 from exchange_emu.storage import queue as q
-from exchange_emu.storage.database import QueueDatabase
+from exchange_emu.storage.database import QueueDatabase, short_write
 
 
 class QueueStore:
@@ -24,7 +24,9 @@ class QueueStore:
     # messages
     def accept_message(self, new: q.NewMessage) -> Deferred[int]:
         """Queue a message in Submission; fires with its InternalId once committed."""
-        return self.db.write(q.accept_message, new)
+        size = q.body_size(new.body)
+        short = size is not None and short_write(len(new.recipients), size)
+        return (self.db.write_short if short else self.db.write)(q.accept_message, new)
 
     def get_message(self, internal_id: int) -> Deferred[q.StoredMessage | None]:
         """A message's envelope and recipients, or None."""
@@ -110,4 +112,4 @@ class QueueStore:
         self, name: str, success: bool, database_id: str | None, now: float
     ) -> Deferred[q.PrimaryState]:
         """Record a heartbeat result for ``name``; fires with its new state."""
-        return self.db.write(q.record_heartbeat, name, success, database_id, now)
+        return self.db.write_short(q.record_heartbeat, name, success, database_id, now)

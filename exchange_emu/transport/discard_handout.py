@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from exchange_emu.storage import QueueDatabase
+from exchange_emu.storage import QueueDatabase, short_write
 from exchange_emu.transport.jobs import WaitingDiscard, delete_discards, waiting_discards
 
 DATABASE_SWEEP_INTERVAL = 5.0
@@ -117,7 +117,8 @@ class DiscardHandOut:
 
     def _delete(self, context: str, shadow_ids: list[str]) -> None:
         keys = {(context, s) for s in shadow_ids}
-        deleted: Deferred[None] = self.database.write(delete_discards, context, shadow_ids)
+        write = self.database.write_short if short_write(len(shadow_ids)) else self.database.write
+        deleted: Deferred[None] = write(delete_discards, context, shadow_ids)
         # Failed: the next database read finds them again (harmless to the holder).
         deleted.addCallback(lambda _: self._committed(keys))
         deleted.addBoth(lambda _: self._deleting.difference_update(keys))

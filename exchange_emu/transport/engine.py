@@ -39,7 +39,7 @@ from exchange_emu.smtp.client import (
 )
 from exchange_emu.smtp.envelope import encode_shadow_context
 from exchange_emu.smtp.interfaces import NullSessionLogFactory, SessionLogFactory
-from exchange_emu.storage import QueueDatabase
+from exchange_emu.storage import QueueDatabase, short_write
 from exchange_emu.storage.queue import record_heartbeat, shadow_primaries
 from exchange_emu.transport import admin_jobs, jobs
 from exchange_emu.transport.delayed_ack import DELIVERED, SKIPPED, DelayedAcknowledgement
@@ -75,6 +75,15 @@ EXPEDITE_MAX = 2.0
 EARLY_DISCARD_TTL = 600.0
 """How long a discard notification that arrived before its shadow copy was recorded is kept."""
 _CONTEXT_NAMESPACE = uuid.UUID("6f1d5e1c-8f5b-4f8e-9a51-3c2a7f4e1b00")
+
+
+def _session_writer(db: QueueDatabase, results: Sequence[jobs.MessageResult]) -> Any:
+    """How to record a session's results: a short write unless it is large or fails a
+    recipient (an NDR carries the message's body)."""
+    rows = sum(len(r.delivered) + len(r.deferred) + len(r.failed) for r in results)
+    if short_write(rows) and not any(r.failed for r in results):
+        return db.write_short
+    return db.write
 
 
 def _write_local_mailboxes(root: Path, items: list[jobs.DeliveryItem]) -> int:
@@ -408,7 +417,9 @@ class Categorizer:
             else:
                 ids = sorted(self.pending)[:1000]
                 self.pending.difference_update(ids)
-                batch = await engine.database.write(jobs.take_submission, ids)
+                db = engine.database
+                batch = await (db.write_short if short_write(len(ids)) else db.write)(
+                    jobs.take_submission, ids)
             if batch:
                 await self._categorize(batch)
 
@@ -432,7 +443,9 @@ class Categorizer:
                 else:
                     decisions.append(jobs.RouteDecision(
                         recipient.id, internal_id, jobs.FAILED, "", route.reply))
-        report = await engine.database.write(
+        db = engine.database
+        short = short_write(len(decisions)) and all(d.status != jobs.FAILED for d in decisions)
+        report = await (db.write_short if short else db.write)(  # (an NDR carries a body)
             jobs.apply_routes, decisions, engine.clock.seconds(), engine.signer)
         engine.report(report)
         for submitted in batch:
@@ -821,7 +834,7 @@ class DeliveryQueue:
             results.append(jobs.MessageResult(
                 item.envelope.internal_id, tuple(delivered), tuple(deferred), tuple(failed),
                 shadow_id))
-        report = await engine.database.write(
+        report = await _session_writer(engine.database, results)(
             jobs.record_session, results, delivered_to=target.server or str(target.address),
             primary=primary, now=now, retry_at=retry_at, signer=engine.signer)
         settled = {s.envelope.internal_id: s for s in report.settled}
@@ -901,7 +914,7 @@ class DeliveryQueue:
                         duplicates.setdefault(item.envelope.internal_id, []).append(r.address)
             results.append(jobs.MessageResult(item.envelope.internal_id, tuple(delivered), (),
                                               tuple(failed)))
-        report = await engine.database.write(
+        report = await _session_writer(engine.database, results)(
             jobs.record_session, results, delivered_to=target.server, primary=None, now=now,
             retry_at=now + engine.settings.message_retry_interval, signer=engine.signer)
         dumpster = [(item, [r.address for r in item.recipients])
@@ -944,7 +957,7 @@ class DeliveryQueue:
         results = [jobs.MessageResult(item.envelope.internal_id, delivered=tuple(
             (r.id, "250 2.0.0 delivered to local mailbox") for r in item.recipients))
             for item in items]
-        report = await engine.database.write(
+        report = await _session_writer(engine.database, results)(
             jobs.record_session, results, delivered_to=engine.server.name, primary=None,
             now=now, retry_at=now, signer=engine.signer)
         for item in items:
@@ -1196,7 +1209,7 @@ class ShadowRedundancy:
             # time stamps, so this session costs no commit (they are at most one
             # heartbeat interval old).
             return
-        state = await engine.database.write(
+        state = await engine.database.write_short(
             record_heartbeat, primary, success, outcome.primary_database_id, now)
         if success and not state.database_changed:
             self._healthy[primary] = (state.database_id, now)
@@ -1239,7 +1252,9 @@ class ShadowRedundancy:
         for key, (_, when) in list(self._acknowledged.items()):
             if now - when > EARLY_DISCARD_TTL:  # their session failed before this step
                 del self._acknowledged[key]
-        dropped = await engine.database.write(jobs.apply_discards, primary, list(shadow_ids))
+        db = engine.database
+        dropped = await (db.write_short if short_write(len(shadow_ids)) else db.write)(
+            jobs.apply_discards, primary, list(shadow_ids))
         matched = {shadow_id for _, _, _, shadow_id in dropped}
         early = self.early_discards.setdefault(primary, {})
         now = engine.clock.seconds()
