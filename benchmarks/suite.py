@@ -8,6 +8,9 @@ Relay, for each number of concurrent sessions (``--sessions 1,20``):
   redundancy and delayed acknowledgement on (smtp-source does not speak XSHADOW, so EDGE01
   holds each ``250`` until HUB01 delivered the message and handed back its discard
   notification), every commit durable (SQLite ``synchronous=FULL``, or ``--database-url``);
+* ``emu-nodelay``: the same with delayed acknowledgement off (EDGE01's receive connector's
+  MaxAcknowledgementDelay 0): EDGE01 acknowledges after its own commit and still sends on
+  to HUB01 under shadow redundancy, keeping a shadow copy until HUB01's discard;
 * ``emu-noshadow``: the same with ShadowRedundancyEnabled false (no XSHADOW, no delayed
   acknowledgement): what shadow redundancy adds;
 * ``direct``: smtp-source → smtp-sink, the ceiling of the load tools.
@@ -68,8 +71,9 @@ SENDER = "app@contoso.test"
 RECIPIENT = "erin@fabrikam.test"
 MARK_BEGIN = "<!-- suite:begin -->"
 MARK_END = "<!-- suite:end -->"
-SYSTEMS = ("postfix", "emu", "emu-noshadow", "direct")
+SYSTEMS = ("postfix", "emu", "emu-nodelay", "emu-noshadow", "direct")
 LABELS = {"postfix": "Postfix", "emu": "exchange-emu (shadow + delayed ack)",
+          "emu-nodelay": "exchange-emu (shadow, no delayed ack)",
           "emu-noshadow": "exchange-emu (shadow off)", "direct": "smtp-source → smtp-sink"}
 
 
@@ -212,9 +216,10 @@ def stop_and_count_commits(process: ServerProcess) -> int:
 class EmuSystem(Relay):
     """EDGE01 → HUB01 as two twistd processes in a fresh directory."""
 
-    def __init__(self, shadow: bool, database_url: str | None, directory: Path) -> None:
-        self.name = "emu" if shadow else "emu-noshadow"
-        self.shadow = shadow
+    def __init__(self, name: str, database_url: str | None, directory: Path) -> None:
+        self.name = name
+        self.shadow = name != "emu-noshadow"
+        self.delayed_ack = name == "emu"
         self.database_url = database_url
         self.directory = directory
         self.processes: dict[str, ServerProcess] = {}
@@ -238,7 +243,8 @@ class EmuSystem(Relay):
         config = write_org(run_dir / "relay.toml", OrgSpec(
             [ServerSpec("HUB01", "hub", hub_port, database_url=self._database("HUB01")),
              ServerSpec("EDGE01", "edge", edge_port, site=None,
-                        database_url=self._database("EDGE01"))],
+                        database_url=self._database("EDGE01"),
+                        ack_delay=None if self.delayed_ack else "00:00:00")],
             send_connectors=[
                 SendConnectorSpec("EDGE01 to HUB01", ("EDGE01",), ("HUB01",)),
                 SendConnectorSpec("HUB01 to the sink", ("HUB01",), (f"127.0.0.1:{sink_port}",)),
@@ -361,7 +367,7 @@ def relay_runs(args: argparse.Namespace, tools: dict[str, str], directory: Path
             elif system == "direct":
                 relay = DirectRelay()
             else:
-                relay = EmuSystem(system == "emu", args.database_url, directory)
+                relay = EmuSystem(system, args.database_url, directory)
             print(f"  {system:<13} {sessions:>2} sessions: throughput …", end="", flush=True)
             run: dict[str, Any] = {"system": system, "sessions": sessions}
             runs.append(run)
@@ -555,6 +561,12 @@ def markdown(results: dict[str, Any]) -> str:
     if added:
         lines += ["", "Added by shadow redundancy and delayed acknowledgement to the sender's "
                   "acknowledgement at p99 (exchange-emu minus exchange-emu with shadow off): "
+                  + ", ".join(f"{ms:+.1f} ms at {n} session{'s' if n != 1 else ''}"
+                              for n, ms in added.items()) + "."]
+    added = added_latency(results["relay"], "emu-nodelay")
+    if added:
+        lines += ["", "Added by shadow redundancy alone (exchange-emu without delayed "
+                  "acknowledgement minus exchange-emu with shadow off), at p99: "
                   + ", ".join(f"{ms:+.1f} ms at {n} session{'s' if n != 1 else ''}"
                               for n, ms in added.items()) + "."]
     sq = results.get("shadow_queue")

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = "EXCHANGE_EMU_REQUIRE_INTEROP"
-SYSTEMS = {"postfix", "emu", "emu-noshadow", "direct"}
+SYSTEMS = {"postfix", "emu", "emu-nodelay", "emu-noshadow", "direct"}
 
 
 def _require_postfix_tools() -> None:
@@ -94,6 +94,7 @@ def test_tiny_suite_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert "| Postfix | 2 |" in text
     assert "medians of 2 rounds" in text
     assert "to the sender's acknowledgement at p99" in text and " ms at 2 sessions." in text
+    assert "Added by shadow redundancy alone" in text
     assert image.read_bytes().startswith(b"\x89PNG")
 
 

@@ -66,6 +66,13 @@ def test_added_latency_is_p99_ack_with_shadow_minus_without_per_session_count():
     assert added_latency(summarize([[run("emu", 500)]])) == {}  # nothing to compare with
 
 
+def test_added_latency_of_shadow_redundancy_alone():
+    rounds = [[run("emu", 500, ack_p99=45.0), run("emu-nodelay", 900, ack_p99=22.0),
+               run("emu-noshadow", 950, ack_p99=20.0)]]
+    assert added_latency(summarize(rounds), "emu-nodelay") == {20: 2.0}
+    assert added_latency(summarize(rounds)) == {20: 25.0}
+
+
 def test_a_system_without_commit_counters_keeps_none():
     summary = summarize([[run("postfix", 800, commits=None)]])[0]
     assert summary["throughput"]["commits"] is None
