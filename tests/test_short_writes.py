@@ -1,9 +1,11 @@
-"""Short writes on a SQLite file: statements on the reactor thread, the commit on the writer.
+"""Short writes and reads on a SQLite file: statements on the reactor thread, the commit on
+the writer.
 
 ``QueueDatabase.write_short`` runs a short job's statements on the reactor thread and leaves
 only the ``COMMIT`` to the writer thread; every write still takes its turn in one queue, a
-failing job still fails alone, and the reactor never waits for SQLite's write lock. These
-tests use the real reactor and a real SQLite file (the database runs real threads).
+failing job still fails alone, and the reactor never waits for SQLite's write lock.
+``read_short`` runs a short read there too, and on a reader thread whatever is not short.
+These tests use the real reactor and a real SQLite file (the database runs real threads).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial import unittest
 
 from exchange_emu.smtp.body import PrefixedBody
-from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore, short_write, tables
+from exchange_emu.storage import (
+    NewMessage,
+    NotShort,
+    QueueDatabase,
+    QueueStore,
+    short_write,
+    tables,
+)
 from exchange_emu.storage import queue as q
 from exchange_emu.storage.database import SHORT_WRITE_BODY_BYTES, SHORT_WRITE_ROWS
 from exchange_emu.transport import jobs
@@ -204,6 +213,79 @@ class ShortWriteTests(unittest.TestCase):
         large = b"Subject: large\r\n\r\n" + b"x" * SHORT_WRITE_BODY_BYTES
         await store.accept_message(_message(2, io.BytesIO(large)))  # type: ignore[arg-type]
         self.assertEqual(calls, ["write_short", "write"])
+
+
+@pytest.mark.usefixtures("sqlite_queue_db")
+class ShortReadTests(unittest.TestCase):
+    queue_db: QueueDbUrl
+
+    def open_db(self) -> QueueDatabase:
+        db = QueueDatabase(self.queue_db.url, reactor=reactor)
+        db.open()
+        self.addCleanup(db.stopService)
+        return db
+
+    async def queued(self, db: QueueDatabase, *bodies: bytes) -> list[int]:
+        store = QueueStore(db)
+        return [await store.accept_message(NewMessage(
+            sender="a@contoso.test", recipients=("b@fabrikam.test",), body=body,
+            received_at=1.0, queue="hop")) for body in bodies]
+
+    async def test_a_short_read_runs_on_the_reactor_and_has_its_result_at_once(self) -> None:
+        db = self.open_db()
+        ids = await self.queued(db, b"Subject: a\r\n\r\nshort\r\n")
+        threads: list[str] = []
+
+        def load(conn: Connection) -> list[jobs.DeliveryItem]:
+            threads.append(threading.current_thread().name)
+            return jobs.load_short_delivery(conn, "hop", ids)
+
+        d = db.read_short(load, jobs.load_delivery)
+        self.assertTrue(d.called)
+        items = await d
+        self.assertEqual([item.body for item in items], [b"Subject: a\r\n\r\nshort\r\n"])
+        self.assertEqual(threads, [REACTOR])
+        self.assertEqual(db.short_reads_refused, 0)
+
+    async def test_bodies_over_the_limit_are_read_on_a_reader_thread(self) -> None:
+        db = self.open_db()
+        large = b"Subject: b\r\n\r\n" + b"y" * SHORT_WRITE_BODY_BYTES
+        ids = await self.queued(db, b"Subject: a\r\n\r\nsmall\r\n", large)
+        threads: list[str] = []
+
+        def short(conn: Connection) -> list[jobs.DeliveryItem]:
+            threads.append(threading.current_thread().name)
+            return jobs.load_short_delivery(conn, "hop", ids)
+
+        def load(conn: Connection) -> list[jobs.DeliveryItem]:
+            threads.append(threading.current_thread().name)
+            return jobs.load_delivery(conn, "hop", ids)
+
+        items = await db.read_short(short, load)
+        self.assertEqual(sorted(len(item.body) for item in items)[-1], len(large))
+        self.assertEqual(threads[0], REACTOR)  # it found the bodies too long …
+        self.assertTrue(threads[1].startswith("queue-db-reader"))  # … and a reader read them
+        self.assertEqual(db.short_reads_refused, 1)
+        engine = sa.create_engine(self.queue_db.url)
+        try:
+            with engine.connect() as conn, self.assertRaises(NotShort):
+                jobs.load_short_delivery(conn, "hop", ids)
+        finally:
+            engine.dispose()
+
+    async def test_a_short_read_does_not_wait_for_a_writer(self) -> None:
+        """WAL: another connection holding the write lock does not stop the read."""
+        db = self.open_db()
+        ids = await self.queued(db, b"Subject: a\r\n\r\nshort\r\n")
+        path = sa.make_url(self.queue_db.url).database
+        assert path is not None
+        other = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        d = db.read_short(jobs.load_short_delivery, jobs.load_delivery, "hop", ids)
+        self.assertTrue(d.called)
+        self.assertEqual(len(await d), 1)
+        other.execute("ROLLBACK")
 
 
 class _NoTell:

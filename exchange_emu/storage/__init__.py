@@ -4,7 +4,12 @@ Ground floor of the package: imports nothing else of exchange_emu. See docs/stor
 """
 
 from exchange_emu.storage.database import QueueDatabase, short_write
-from exchange_emu.storage.errors import MessageNotFoundError, SchemaVersionError, StorageError
+from exchange_emu.storage.errors import (
+    MessageNotFoundError,
+    NotShort,
+    SchemaVersionError,
+    StorageError,
+)
 from exchange_emu.storage.migrations import MIGRATIONS, Migration
 from exchange_emu.storage.queue import (
     POISON_QUEUE,
@@ -34,6 +39,7 @@ __all__ = [
     "MessageSummary",
     "Migration",
     "NewMessage",
+    "NotShort",
     "PrimaryState",
     "QueueDatabase",
     "QueueStore",

@@ -217,6 +217,9 @@ class QueueDatabase(service.Service):
         self._in_flight = False
         self._drained: list[defer.Deferred[None]] = []
         self._start_call: IDelayedCall | None = None
+        self._reactor_reader: Connection | None = None
+        #: Short reads that ran on a reader thread after all (too long, a lock, an error).
+        self.short_reads_refused = 0
         self._writer_waits_for_lock = True
         """Whether the writer's connection waits ``busy_timeout`` for SQLite's write lock."""
         #: Transactions the writer committed (a batch counts once): the group-commit gauge.
@@ -331,10 +334,15 @@ class QueueDatabase(service.Service):
             self._state = _State.CLOSING
             done: defer.Deferred[None] = defer.Deferred()
             done.addBoth(self._closed)
-            self._when_drained().addCallback(lambda _: threading.Thread(
-                target=self._close_in_thread, args=(done,), name="queue-db-closer", daemon=True
-            ).start())
+            self._when_drained().addCallback(lambda _: self._start_closer(done))
         return waiter
+
+    def _start_closer(self, done: defer.Deferred[None]) -> None:
+        reader, self._reactor_reader = self._reactor_reader, None
+        _close_quietly(reader)
+        threading.Thread(
+            target=self._close_in_thread, args=(done,), name="queue-db-closer", daemon=True
+        ).start()
 
     def _when_drained(self) -> defer.Deferred[None]:
         """Fires once no write waits on the reactor side and no batch is in flight."""
@@ -402,6 +410,33 @@ class QueueDatabase(service.Service):
         """Run ``fn(conn, *args, **kwargs)`` in a read transaction on a reader thread."""
         target = self._read_queue if self._readers else self._write_queue
         return self._submit(target, fn, args, kwargs)
+
+    def read_short(
+        self,
+        short: Callable[Concatenate[Connection, _P], _T],
+        fn: Callable[Concatenate[Connection, _P], _T],
+        /,
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> defer.Deferred[_T]:
+        """:meth:`read` of ``fn``, tried first as ``short``: the same read where it touches
+        a few rows and at most :data:`SHORT_WRITE_BODY_BYTES` of bodies, raising
+        :class:`NotShort` where it would read more. On a SQLite file ``short`` runs on the
+        reactor thread, in a read transaction of its own connection, and the Deferred has
+        its result at once. If it raises, or SQLite would make it wait (``busy_timeout``
+        0), ``fn`` runs on a reader thread, as :meth:`read` runs it."""
+        if self._short_writes and self._state is _State.OPEN:
+            try:
+                conn = self._reactor_reader
+                if conn is None:
+                    conn = self._reactor_reader = self.engine.connect()
+                    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                        "PRAGMA busy_timeout=0")
+                with conn.begin():
+                    return defer.succeed(_materialized(short(conn, *args, **kwargs)))
+            except Exception:  # NotShort, a lock, or the job's own error: the reader decides
+                self.short_reads_refused += 1
+        return self.read(fn, *args, **kwargs)
 
     def _submit(
         self,

@@ -18,3 +18,8 @@ class SchemaVersionError(StorageError):
 
 class MessageNotFoundError(StorageError, LookupError):
     """No message with this InternalId is in the queue database."""
+
+
+class NotShort(Exception):
+    """Raised by a job run with :meth:`QueueDatabase.read_short` that finds more to read than
+    a short read may (it then runs on a reader thread)."""

@@ -740,7 +740,8 @@ class DeliveryQueue:
 
     async def _load(self, internal_ids: list[int]) -> list[jobs.DeliveryItem]:
         """What is still queued of ``internal_ids``, with bodies; forget the rest."""
-        items = await self.engine.database.read(jobs.load_delivery, self.name, internal_ids)
+        items = await self.engine.database.read_short(
+            jobs.load_short_delivery, jobs.load_delivery, self.name, internal_ids)
         found = {item.envelope.internal_id for item in items}
         self.forget([i for i in internal_ids if i not in found])
         return items

@@ -20,7 +20,9 @@ from sqlalchemy.engine import Connection
 
 from exchange_emu.storage import POISON_QUEUE, SUBMISSION_QUEUE, NewMessage
 from exchange_emu.storage import Recipient as NewRecipient
+from exchange_emu.storage.database import SHORT_WRITE_BODY_BYTES
 from exchange_emu.storage.direct import DirectStatement
+from exchange_emu.storage.errors import NotShort
 from exchange_emu.storage.queue import accept_message
 from exchange_emu.storage.tables import (
     categorizer_batch,
@@ -374,6 +376,23 @@ def load_delivery(conn: Connection, queue: str, internal_ids: Sequence[int]) -> 
                              tuple(grouped[int(msg[0])]))
             )
     return items
+
+
+# length() of a blob reads its size from the record, not the blob's pages.
+_BODY_BYTES = DirectStatement(sa.select(sa.func.sum(sa.func.length(messages.c.body))).where(
+    messages.c.internal_id.in_(_ids())))
+
+
+def load_short_delivery(conn: Connection, queue: str, internal_ids: Sequence[int]
+                        ) -> list[DeliveryItem]:
+    """:func:`load_delivery` for ``QueueDatabase.read_short``: raises NotShort where the
+    bodies come to more than SHORT_WRITE_BODY_BYTES."""
+    total = 0
+    for chunk in _chunks(sorted(set(internal_ids))):
+        total += int(_BODY_BYTES.scalars(conn, {"ids": list(chunk)})[0] or 0)
+    if total > SHORT_WRITE_BODY_BYTES:
+        raise NotShort(f"{total} bytes of bodies")
+    return load_delivery(conn, queue, internal_ids)
 
 
 @dataclass(frozen=True)
