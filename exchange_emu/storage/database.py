@@ -422,21 +422,34 @@ class QueueDatabase(service.Service):
         """:meth:`read` of ``fn``, tried first as ``short``: the same read where it touches
         a few rows and at most :data:`SHORT_WRITE_BODY_BYTES` of bodies, raising
         :class:`NotShort` where it would read more. On a SQLite file ``short`` runs on the
-        reactor thread, in a read transaction of its own connection, and the Deferred has
-        its result at once. If it raises, or SQLite would make it wait (``busy_timeout``
-        0), ``fn`` runs on a reader thread, as :meth:`read` runs it."""
-        if self._short_writes and self._state is _State.OPEN:
-            try:
-                conn = self._reactor_reader
-                if conn is None:
-                    conn = self._reactor_reader = self.engine.connect()
-                    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-                        "PRAGMA busy_timeout=0")
-                with conn.begin():
-                    return defer.succeed(_materialized(short(conn, *args, **kwargs)))
-            except Exception:  # NotShort, a lock, or the job's own error: the reader decides
-                self.short_reads_refused += 1
-        return self.read(fn, *args, **kwargs)
+        reactor thread at its next turn (as a read's result came back from a reader thread,
+        after the replies written meanwhile went out), in a read transaction of its own
+        connection. If it raises, or SQLite would make it wait (``busy_timeout`` 0), ``fn``
+        runs on a reader thread, as :meth:`read` runs it."""
+        if not (self._short_writes and self._state is _State.OPEN
+                and IReactorTime.providedBy(self._reactor)):
+            return self.read(fn, *args, **kwargs)
+        d: defer.Deferred[_T] = defer.Deferred()
+
+        def run() -> None:
+            if self._state is _State.OPEN:
+                try:
+                    conn = self._reactor_reader
+                    if conn is None:
+                        conn = self._reactor_reader = self.engine.connect()
+                        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                            "PRAGMA busy_timeout=0")
+                    with conn.begin():
+                        result = _materialized(short(conn, *args, **kwargs))
+                except Exception:  # NotShort, a lock, or the job's error: the reader decides
+                    self.short_reads_refused += 1
+                else:
+                    d.callback(result)
+                    return
+            self.read(fn, *args, **kwargs).chainDeferred(d)
+
+        IReactorTime(self._reactor).callLater(0, run)
+        return d
 
     def _submit(
         self,
