@@ -112,3 +112,23 @@ def test_tiny_timeline_run_times_every_stage_of_every_message(tmp_path: Path) ->
     assert all(line.rstrip().endswith("(6 messages)") for line in stages), done.stdout
     assert "EDGE01 RECEIVE → EDGE01 SEND" in stages[0]
     assert "EDGE01 HADISCARD → EDGE01 RECEIVE F.7" in stages[-1]
+
+
+def test_a_storm_only_run_leaves_the_relay_plot_alone(tmp_path: Path) -> None:
+    """``--systems ""`` (the storm on its own, as docs/benchmarks.md runs it) measures no
+    relay: it must not replace the relay plot with an empty one."""
+    _require_postfix_tools()
+    image = tmp_path / "benchmarks.png"
+    image.write_bytes(b"the relay plot")
+    page = tmp_path / "storm.md"
+    page.write_text("<!-- suite:begin -->\n<!-- suite:end -->\n")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/suite.py", "--systems", "", "--shadows", "0", "--storm",
+         "10", "--timeout", "120", "--json", str(tmp_path / "storm.json"), "--markdown",
+         str(page), "--plot", str(image)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert image.read_bytes() == b"the relay plot"
+    assert "left as it was" in done.stdout
+    assert [s["messages"] for s in json.loads((tmp_path / "storm.json").read_text())["storm"]] \
+        == [1, 10]
