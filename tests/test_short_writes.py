@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
+from queue_db_helpers import hold_writer
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from twisted.internet import defer
@@ -75,17 +76,6 @@ class ShortWriteTests(unittest.TestCase):
         self.addCleanup(db.stopService)
         return db
 
-    def hold_writer(self, db: QueueDatabase) -> tuple[threading.Event, defer.Deferred[Any]]:
-        """Park the writer in a long job, so the writes asked for next wait as one batch."""
-        started, gate = threading.Event(), threading.Event()
-
-        def hold(conn: Connection) -> None:
-            started.set()
-            gate.wait(10)
-
-        held = db.write(hold)
-        assert started.wait(10), "writer never picked up the holding job"
-        return gate, held
 
     async def test_statements_run_on_the_reactor_and_the_commit_on_the_writer(self) -> None:
         db = self.open_db()
@@ -103,7 +93,7 @@ class ShortWriteTests(unittest.TestCase):
     async def test_short_and_long_writes_keep_the_order_they_were_asked_in(self) -> None:
         db = self.open_db()
         ran: list[str] = []
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         asked = [db.write_short(_accept_on(ran, 1)), db.write(_accept_on(ran, 2)),
                  db.write_short(_accept_on(ran, 3)), db.write_short(_accept_on(ran, 4))]
         before = db.commits
@@ -117,7 +107,7 @@ class ShortWriteTests(unittest.TestCase):
     async def test_writes_asked_for_during_a_commit_share_the_next_one(self) -> None:
         db = self.open_db()
         ran: list[str] = []
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         asked = [db.write_short(_accept_on(ran, n)) for n in range(20)]
         before = db.commits
         gate.set()
@@ -137,7 +127,7 @@ class ShortWriteTests(unittest.TestCase):
             q.accept_message(conn, _message(666))
             raise Boom("faulty job")
 
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         good = [store.accept_message(_message(n)) for n in range(3)]
         bad = db.write_short(faulty)
         good += [store.accept_message(_message(n)) for n in range(3, 6)]
@@ -176,7 +166,7 @@ class ShortWriteTests(unittest.TestCase):
     async def test_stopping_finishes_the_short_writes_waiting(self) -> None:
         db = self.open_db()
         store = QueueStore(db)
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         done: list[int] = []
         for n in range(30):
             store.accept_message(_message(n)).addCallback(done.append)

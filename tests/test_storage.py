@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
+from queue_db_helpers import hold_writer
 from sqlalchemy.engine import Connection
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
@@ -94,17 +95,6 @@ class _QueueDatabaseBehaviour:
         self.addCleanup(db.stopService)
         return db
 
-    def hold_writer(self, db: QueueDatabase) -> tuple[threading.Event, defer.Deferred[Any]]:
-        """Park the writer inside a job, so the jobs submitted next wait as one group."""
-        started, gate = threading.Event(), threading.Event()
-
-        def hold(conn: Connection) -> None:
-            started.set()
-            gate.wait(10)
-
-        held = db.write(hold)
-        assert started.wait(10), "writer never picked up the holding job"
-        return gate, held
 
     def raw_count(self, table: sa.Table) -> int:
         """Count rows through an engine of our own (what a restarted server would see)."""
@@ -348,7 +338,7 @@ class _QueueDatabaseBehaviour:
         db = self.open_db()
         store = QueueStore(db)
         before = db.commits
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         pending = [store.accept_message(_message(n)) for n in range(100)]
         gate.set()
         await held
@@ -359,7 +349,7 @@ class _QueueDatabaseBehaviour:
         """With max_batch=10, 50 waiting jobs take exactly 5 commits."""
         db = self.open_db(max_batch=10)
         store = QueueStore(db)
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         before = db.commits + 1
         pending = [store.accept_message(_message(n)) for n in range(50)]
         gate.set()
@@ -380,7 +370,7 @@ class _QueueDatabaseBehaviour:
             q.accept_message(conn, _message(666))
             raise Boom("faulty job")
 
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         good_before = [store.accept_message(_message(n)) for n in range(5)]
         bad = db.write(faulty)
         good_after = [store.accept_message(_message(n)) for n in range(5, 10)]
@@ -399,7 +389,7 @@ class _QueueDatabaseBehaviour:
         write: foreign keys are enforced on every backend."""
         db = self.open_db()
         store = QueueStore(db)
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         ok = store.accept_message(_message(1))
         orphan = store.add_shadow(999_999, "edge01", str(uuid.uuid4()), 1.0)
         ok2 = store.accept_message(_message(2))
@@ -426,7 +416,7 @@ class _QueueDatabaseBehaviour:
         the work is in the database afterwards."""
         db = self.open_db()
         store = QueueStore(db)
-        gate, held = self.hold_writer(db)
+        gate, held = hold_writer(db)
         done: list[int] = []
         for n in range(50):
             store.accept_message(_message(n)).addCallback(done.append)

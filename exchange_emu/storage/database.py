@@ -89,6 +89,16 @@ class _Job:
     """A short write: its statements may run on the reactor thread (:meth:`write_short`)."""
 
 
+def _job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+         short: bool = False) -> _Job:
+    """``fn(conn, *args, **kwargs)`` as a job, with a new Deferred for its result."""
+
+    def run(conn: Connection) -> Any:
+        return fn(conn, *args, **kwargs)
+
+    return _Job(run, defer.Deferred(), short)
+
+
 @dataclass
 class _Commit:
     """For the writer thread: commit a batch whose statements ran on the reactor thread."""
@@ -382,9 +392,7 @@ class QueueDatabase(service.Service):
         The Deferred fires with ``fn``'s result after the transaction committed. ``fn`` must not
         commit or roll back, must return materialized values, and may run twice (see module doc).
         """
-        if self._short_writes:
-            return self._enqueue(fn, args, kwargs, short=False)
-        return self._submit(self._write_queue, fn, args, kwargs)
+        return self._write(fn, args, kwargs, short=False)
 
     def write_short(
         self,
@@ -396,8 +404,12 @@ class QueueDatabase(service.Service):
         """:meth:`write` for a job that touches a few rows and no body over
         :data:`SHORT_WRITE_BODY_BYTES`: on a SQLite file its statements may run on the
         reactor thread (the commit never does). Elsewhere the same as :meth:`write`."""
+        return self._write(fn, args, kwargs, short=True)
+
+    def _write(self, fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any],
+               *, short: bool) -> defer.Deferred[_T]:
         if self._short_writes:
-            return self._enqueue(fn, args, kwargs, short=True)
+            return self._enqueue(fn, args, kwargs, short=short)
         return self._submit(self._write_queue, fn, args, kwargs)
 
     def read(
@@ -459,14 +471,13 @@ class QueueDatabase(service.Service):
         kwargs: dict[str, Any],
     ) -> defer.Deferred[_T]:
         if self._state is not _State.OPEN:
-            return defer.fail(StorageError(f"queue database {self.display_url} is not open"))
-        d: defer.Deferred[_T] = defer.Deferred()
+            return self._not_open()
+        job = _job(fn, args, kwargs)
+        target.put(job)
+        return job.deferred
 
-        def job(conn: Connection) -> _T:
-            return fn(conn, *args, **kwargs)
-
-        target.put(_Job(job, d))
-        return d
+    def _not_open(self) -> defer.Deferred[Any]:
+        return defer.fail(StorageError(f"queue database {self.display_url} is not open"))
 
     # --- short writes (reactor side) ---------------------------------------------------------
 
@@ -475,20 +486,16 @@ class QueueDatabase(service.Service):
         short: bool,
     ) -> defer.Deferred[_T]:
         if self._state is not _State.OPEN:
-            return defer.fail(StorageError(f"queue database {self.display_url} is not open"))
-        d: defer.Deferred[_T] = defer.Deferred()
-
-        def job(conn: Connection) -> _T:
-            return fn(conn, *args, **kwargs)
-
-        self._waiting.append(_Job(job, d, short))
+            return self._not_open()
+        job = _job(fn, args, kwargs, short)
+        self._waiting.append(job)
         if not self._in_flight and self._start_call is None:
             if short and IReactorTime.providedBy(self._reactor):
                 # At the reactor's next turn, with whatever else this turn asked for.
                 self._start_call = IReactorTime(self._reactor).callLater(0, self._start_due)
             else:
                 self._next_batch()
-        return d
+        return job.deferred
 
     def _start_due(self) -> None:
         self._start_call = None
