@@ -696,7 +696,7 @@ class QueueDatabase(service.Service):
             self._deliver([(job.deferred, r) for job, r in zip(batch, results, strict=True)],
                           then)
 
-    def _commit(self, engine: Engine, item: _Commit) -> None:
+    def _commit(self, item: _Commit) -> None:
         """Commit a batch whose statements ran on the reactor thread. A failed commit is
         not run again (it may have happened): every job of the batch fails with it."""
         try:
@@ -736,7 +736,7 @@ class QueueDatabase(service.Service):
             if first is _STOP:
                 return
             if isinstance(first, _Commit):
-                self._commit(engine, first)
+                self._commit(first)
                 continue
             if isinstance(first, _Batch):
                 self._run_whole_batch(engine, first)
