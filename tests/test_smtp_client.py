@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, ssl, threads
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -241,6 +242,38 @@ def test_discard_query_due_between_rounds_goes_before_the_next_round():
     s.server("221 bye\n")
     s.proto.connectionLost(None)
     assert s.outcomes[0].discards == [ID1, ID2]
+
+
+def test_a_lingering_session_asks_for_discards_only_when_one_is_due():
+    """F.6 on the session that made the shadow copy: once its messages are answered it
+    stays open (``linger``) without an XQDISCARD of its own (the primary has only just
+    taken them); it asks when the caller says a query is due, and, having just asked,
+    ends with QUIT alone."""
+    waits: list[Deferred] = []
+    due = iter([False, True])
+
+    def linger() -> Deferred:
+        waits.append(Deferred())
+        return waits[-1]
+
+    s = Scripted(SessionRequest("hub01.contoso.test", [message()], shadow_context=CONTEXT,
+                                more=Rounds(), linger=linger,
+                                discards_due=lambda: next(due, False)))
+    s.server("220 edge01 ready\n")
+    s.server("250-edge01 Hello\n250-PIPELINING\n250-CHUNKING\n250 XSHADOW\n")
+    s.server("250 q3Jx0V5YqUqW3w3vOaG5Xw==\n")
+    assert s.server(OK_MESSAGE) == b""
+    assert len(waits) == 1
+    s.transport.clear()
+    waits[0].callback(True)
+    assert s.transport.value() == b"XQDISCARD 50\r\n"
+    assert s.server(f"250 {ID1}\n") == b""
+    s.transport.clear()
+    waits[1].callback(False)
+    assert s.transport.value() == b"QUIT\r\n"
+    s.server("221 bye\n")
+    s.proto.connectionLost(None)
+    assert s.outcomes[0].discards == [ID1]
 
 
 def test_next_round_to_a_peer_without_pipelining_goes_one_message_at_a_time():

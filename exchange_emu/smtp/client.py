@@ -342,10 +342,6 @@ class _Conversation:
                     messages = await self.request.more(out) if self.request.more else ()
                 if linger is None:
                     break
-                if not just_asked:  # (what the session's end would ask)
-                    if not await self.query_discards():
-                        return out
-                    just_asked = True
                 if not await linger():
                     break
                 if self._query_due():
