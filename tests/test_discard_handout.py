@@ -22,7 +22,7 @@ from exchange_emu.transport.discard_handout import (
     FEED_GRACE,
     DiscardHandOut,
 )
-from exchange_emu.transport.jobs import delete_discards, waiting_discards
+from exchange_emu.transport.jobs import WaitingDiscard, delete_discards, waiting_discards
 
 CONTEXT = "EDGE01-context"
 NOW = 1000.0
@@ -191,6 +191,28 @@ class FedDiscardHandOutTests(_WithQueueDatabase):
         await self.db.write(lambda conn: None)  # the delete was queued before this write
         assert await self.remaining() == []
         assert await handout.take(CONTEXT, 10) == []
+
+    async def test_what_is_fed_in_or_read_keeps_the_identity_of_its_message(self):
+        """The D.6 row names the message (internal id, sender, subject) whichever way its
+        notification came; one written before schema version 7 has its Message-ID only."""
+        handout, _, clock = self.make()
+
+        def rows(conn: sa.Connection) -> None:
+            conn.execute(sa.insert(discard_notifications).values(
+                shadow_context=CONTEXT, shadow_message_id="shadow-0", created_at=0.0,
+                internet_message_id="<0@x>"))
+            conn.execute(sa.insert(discard_notifications).values(
+                shadow_context=CONTEXT, shadow_message_id="shadow-1", created_at=1.0,
+                internet_message_id="<1@x>", internal_message_id=11, sender_address="a@x",
+                message_subject="one"))
+
+        await self.db.write(rows)
+        handout.queued(CONTEXT, "shadow-2", "<2@x>", 12, "b@x", "two")
+        clock.advance(1)
+        assert await handout.take(CONTEXT, 10) == [
+            WaitingDiscard("shadow-0", "<0@x>", None, "", ""),
+            WaitingDiscard("shadow-1", "<1@x>", 11, "a@x", "one"),
+            WaitingDiscard("shadow-2", "<2@x>", 12, "b@x", "two")]
 
     async def test_what_only_the_database_holds_comes_with_the_next_sweep_and_first(self):
         """E.g. notifications prepared before a restart: read at the first query, or at the

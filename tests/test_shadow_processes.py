@@ -77,6 +77,13 @@ def test_hub_to_hub_to_edge_follows_d1_to_d7(lab_factory):
         ("SEND", "E.1"), ("SEND", "E.2"), ("SEND", "E.3"), ("SEND", "E.4"), ("SEND", "E.5"),
         ("NOTIFYSHADOW", "E.6"), ("NOTIFYSHADOW", "D.6"),
     ]
+    # The primary's D.6 row names the message like its other rows for it.
+    for primary in (hub02, edge01):
+        received = next(e for e in primary if e.message_id == mid and e.event_id == "RECEIVE")
+        handed_out = next(e for e in primary if e.message_id == mid and e.step == "D.6")
+        assert (handed_out.internal_message_id, handed_out.sender_address,
+                handed_out.message_subject) == (
+            received.internal_message_id, "alice@contoso.test", "shadow test")
 
     def at(events, step):
         return next(e.date_time for e in events if e.message_id == mid and step in e.steps)

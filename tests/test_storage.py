@@ -41,6 +41,7 @@ from exchange_emu.storage import (
 from exchange_emu.storage import queue as q
 from exchange_emu.storage.engine import create_queue_engine, display_url
 from exchange_emu.storage.migrations import check_migrations, get_version, upgrade
+from exchange_emu.transport import jobs
 
 if TYPE_CHECKING:
     from conftest import QueueDbUrl  # the fixtures' value type (tests/conftest.py)
@@ -591,6 +592,44 @@ class _QueueDatabaseBehaviour:
         self.assertEqual(got.subject, "test 1")
         columns = {c["name"] for c in sa.inspect(newer.engine).get_columns("primaries")}
         self.assertIn("note", columns)
+
+    async def test_upgrade_from_version_6_keeps_discard_notifications(self) -> None:
+        """Version 7 gives discard notifications the identity of their message (for the D.6
+        tracking row). Notifications waiting in a version 6 database are kept, and are
+        handed out with their Message-ID and no internal id, sender or subject."""
+        old = self.open_db(migrations=MIGRATIONS[:6])
+        self.assertEqual(old.schema_version, 6)
+
+        def insert_v6(conn: Connection) -> None:
+            # Version 6's columns only, spelled out: the model has more now.
+            conn.execute(sa.text(
+                "INSERT INTO discard_notifications (shadow_context, shadow_message_id, "
+                "created_at, internet_message_id) VALUES ('ctx', 's1', 1.0, '<1@x>'), "
+                "('ctx', 's2', 2.0, NULL)"))
+
+        await old.write(insert_v6)
+        await old.stopService()
+
+        current = self.open_db()
+        self.assertEqual(current.schema_version, CURRENT)
+        columns = {c["name"] for c in
+                   sa.inspect(current.engine).get_columns("discard_notifications")}
+        self.assertLessEqual(
+            {"internal_message_id", "sender_address", "message_subject"}, columns)
+        self.assertEqual(await current.read(jobs.waiting_discards, "ctx", 50), [
+            jobs.WaitingDiscard("s1", "<1@x>", None, "", ""),
+            jobs.WaitingDiscard("s2", "", None, "", "")])
+
+        def insert_v7(conn: Connection) -> None:
+            conn.execute(sa.insert(tables.discard_notifications).values(
+                shadow_context="ctx", shadow_message_id="s3", created_at=3.0,
+                internet_message_id="<3@x>", internal_message_id=2**40,
+                sender_address="alice@contoso.test", message_subject="Grüße, 3"))
+
+        await current.write(insert_v7)
+        waiting = await current.read(jobs.waiting_discards, "ctx", 50)
+        self.assertEqual(waiting[-1], jobs.WaitingDiscard(
+            "s3", "<3@x>", 2**40, "alice@contoso.test", "Grüße, 3"))
 
 
 @pytest.mark.usefixtures("sqlite_queue_db")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from org_files import chain_org
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
@@ -20,12 +21,15 @@ from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
 from exchange_emu.directory import load_organization
-from exchange_emu.smtp.interfaces import ServerSettings
+from exchange_emu.smtp.interfaces import ServerSettings, SessionInfo
 from exchange_emu.smtp.server import ExchangeESMTPFactory
 from exchange_emu.storage import NewMessage, QueueDatabase, QueueStore
 from exchange_emu.storage.queue import get_primary, shadow_primaries
+from exchange_emu.storage.tables import discard_notifications
 from exchange_emu.transport import jobs
+from exchange_emu.transport.discard_handout import DiscardHandOut
 from exchange_emu.transport.engine import TransportEngine
+from exchange_emu.transport.receive_policy import TransportReceivePolicy
 from exchange_emu.transport.tracking import TransportTracking
 
 from smtp_fakes import FakePolicy
@@ -184,25 +188,83 @@ class EngineTests(EngineHarness):
         self.assertIsNone(await self.store.get_message(internal_id))
         self.assertEqual([e.step for e in self.events("HADISCARD")], ["D.5", "D.7"])
 
+    async def prepare_discard(self, context: str, shadow_id: str, message_id: str) -> int:
+        """A message from ``context``'s holder (XSHADOW=), delivered: its discard
+        notification is prepared (D.4.4). Its internal id."""
+        internal_id = await self.store.accept_message(NewMessage(
+            sender="alice@contoso.test", recipients=("erin@fabrikam.test",),
+            received_at=self.clock.seconds(),
+            body=b"Subject: unit, with a comma\r\n\r\nbody\r\n",
+            message_id=message_id, subject="unit, with a comma", shadow_context=context,
+            shadow_message_id=shadow_id))
+        self.engine.submitted(internal_id)
+        await self.settle()
+        return internal_id
+
+    def receive_policy(self, discards: DiscardHandOut) -> TransportReceivePolicy:
+        """HUB01's receive side, writing its tracking rows where the engine's go."""
+        return TransportReceivePolicy(
+            self.organization, self.server, self.server.receive_connectors[0], self.store,
+            self.clock, tracking=self.log, discards=discards)
+
+    @staticmethod
+    def holder_session(context: str) -> SessionInfo:
+        return SessionInfo("08C1", "Default HUB01", "127.0.0.1", 25, "127.0.0.2", 40000,
+                           helo="edge01.contoso.test", org_server=True, shadow_context=context)
+
+    def identity(self, event: Any) -> tuple[str, str, str, str, str]:
+        return (event.internal_message_id, event.message_id, event.sender_address,
+                event.return_path, event.message_subject)
+
     async def test_as_primary_a_prepared_notification_is_handed_out_without_a_read(self):
         """D.4.4 → D.6: once the delivery of a message that came with XSHADOW= is recorded,
         the engine gives its discard notification to the XQDISCARD hand-out, which answers
-        the holder's next query from memory, before any database read would find it."""
+        the holder's next query from memory, before any database read would find it. The
+        D.6 row names the message like the D.4.4 row does."""
         await self.start()
         context = "EDGE01-shadow-context"
-        assert await self.engine.discards.take(context, 50) == []  # the holder's first query
-        internal_id = await self.store.accept_message(NewMessage(
-            sender="alice@contoso.test", recipients=("erin@fabrikam.test",),
-            received_at=self.clock.seconds(), body=b"Subject: unit\r\n\r\nbody\r\n",
-            message_id="<primary@contoso.test>", subject="unit", shadow_context=context,
-            shadow_message_id="shadow-1"))
-        self.engine.submitted(internal_id)
-        await self.settle()
+        policy = self.receive_policy(self.engine.discards)
+        session = self.holder_session(context)
+        assert await policy.take_discards(session, 50) == []  # the holder's first query
+        internal_id = await self.prepare_discard(context, "shadow-1", "<primary@contoso.test>")
         self.assertEqual(len(self.fakes["HUB02"].stored), 1)
         self.assertEqual([e.step for e in self.events("NOTIFYSHADOW")], ["D.4.4"])
-        taken = await self.engine.discards.take(context, 50)  # within the sweep interval
-        self.assertEqual([(t.shadow_message_id, t.message_id) for t in taken],
-                         [("shadow-1", "<primary@contoso.test>")])
+        # The notification the database keeps names the message too (for a later read).
+        self.assertEqual(await self.db.read(jobs.waiting_discards, context, 50), [
+            jobs.WaitingDiscard("shadow-1", "<primary@contoso.test>", internal_id,
+                                "alice@contoso.test", "unit, with a comma")])
+        # Within the sweep interval: answered from what the engine fed in.
+        self.assertEqual(await policy.take_discards(session, 50), ["shadow-1"])
+        prepared, handed_out = self.events("NOTIFYSHADOW")
+        self.assertEqual((prepared.step, handed_out.step), ("D.4.4", "D.6"))
+        self.assertEqual(self.identity(handed_out), self.identity(prepared))
+        self.assertEqual(self.identity(handed_out), (
+            str(internal_id), "<primary@contoso.test>", "alice@contoso.test",
+            "alice@contoso.test", "unit, with a comma"))
+        self.assertEqual(handed_out.custom_data["holder"], "edge01.contoso.test")
+
+    async def test_as_primary_a_notification_read_from_the_database_names_its_message(self):
+        """D.6 from a database read (a notification prepared before a restart): the row
+        names the message as well; one written before schema version 7 gives its
+        Message-ID only."""
+        await self.start()
+        context = "EDGE01-shadow-context"
+        internal_id = await self.prepare_discard(context, "shadow-1", "<new@contoso.test>")
+
+        def old_row(conn: Any) -> None:
+            conn.execute(sa.insert(discard_notifications).values(
+                shadow_context=context, shadow_message_id="shadow-0", created_at=0.0,
+                internet_message_id="<old@contoso.test>"))
+
+        await self.db.write(old_row)
+        policy = self.receive_policy(DiscardHandOut(self.db))  # without a clock: reads
+        self.assertEqual(await policy.take_discards(self.holder_session(context), 50),
+                         ["shadow-0", "shadow-1"])
+        old, new = [e for e in self.events("NOTIFYSHADOW") if e.step == "D.6"]
+        self.assertEqual(self.identity(old), ("", "<old@contoso.test>", "", "", ""))
+        self.assertEqual(self.identity(new), (
+            str(internal_id), "<new@contoso.test>", "alice@contoso.test",
+            "alice@contoso.test", "unit, with a comma"))
 
     async def test_shadow_kept_until_its_discard(self):
         """Heartbeats that bring no discard leave the shadow copy alone."""

@@ -216,6 +216,19 @@ def _v6_categorizer_batch(conn: Connection) -> None:
     ).create(conn)
 
 
+def _v7_discard_message_identity(conn: Connection) -> None:
+    """Version 7: a discard notification names its message like every tracking row does
+    (internal id, sender, subject), so the primary's D.6 row can too (frozen)."""
+    ident = sa.BigInteger().with_variant(sa.Integer(), "sqlite").compile(dialect=conn.dialect)
+    for statement in (
+        f"ALTER TABLE discard_notifications ADD COLUMN internal_message_id {ident}",
+        "ALTER TABLE discard_notifications ADD COLUMN sender_address VARCHAR(320)",
+        "ALTER TABLE discard_notifications ADD COLUMN message_subject "
+        f"{sa.UnicodeText().compile(dialect=conn.dialect)}",
+    ):
+        conn.execute(sa.text(statement))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial queue database schema", _v1_initial_schema),
     Migration(2, "transport pipeline: delivered_to, delay DSN, crash detection",
@@ -226,6 +239,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "index discard notifications by shadow message id", _v5_discard_lookup),
     Migration(6, "messages the categorizer is processing (poison message detection)",
               _v6_categorizer_batch),
+    Migration(7, "discard notifications name their message (internal id, sender, subject)",
+              _v7_discard_message_identity),
 )
 
 

@@ -156,6 +156,10 @@ discard_notifications = sa.Table(
     sa.Column("shadow_message_id", sa.String(255), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("internet_message_id", sa.String(998), nullable=True),
+    # The message's identity for the D.6 tracking row (NULL in rows older than version 7).
+    sa.Column("internal_message_id", Id, nullable=True),
+    sa.Column("sender_address", sa.String(320), nullable=True),
+    sa.Column("message_subject", sa.UnicodeText, nullable=True),
     sa.Index("ix_discard_notifications_context", "shadow_context", "created_at"),
     sa.Index("ix_discard_notifications_created_at", "created_at"),
     sa.Index("ix_discard_notifications_shadow_message_id", "shadow_message_id"),

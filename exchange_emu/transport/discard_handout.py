@@ -52,8 +52,8 @@ class DiscardHandOut:
         self.database = database
         self._clock = clock
         self._sweep_interval = sweep_interval
-        self._waiting: dict[str, dict[str, tuple[str, float]]] = {}
-        """Context -> shadow message id -> (Message-ID, when queued); oldest first."""
+        self._waiting: dict[str, dict[str, tuple[WaitingDiscard, float]]] = {}
+        """Context -> shadow message id -> (the notification, when queued); oldest first."""
         self._swept: dict[str, float] = {}
         """Context -> when its last database read started."""
         self._deleting: set[tuple[str, str]] = set()
@@ -68,12 +68,16 @@ class DiscardHandOut:
         """Context -> shadow ids handed out whose delete has not started (DELETE_DELAY)."""
         self._delete_timer: IDelayedCall | None = None
 
-    def queued(self, context: str, shadow_message_id: str, message_id: str) -> None:
+    def queued(self, context: str, shadow_message_id: str, message_id: str,
+               internal_message_id: int | None = None, sender: str = "",
+               subject: str = "") -> None:
         """A notification for ``context`` was committed: hand it out at the next query."""
         if (context, shadow_message_id) in self._deleting:
             return  # the same news is being handed out already
         now = self._clock.seconds() if self._clock is not None else 0.0
-        self._waiting.setdefault(context, {}).setdefault(shadow_message_id, (message_id, now))
+        discard = WaitingDiscard(shadow_message_id, message_id, internal_message_id, sender,
+                                 subject)
+        self._waiting.setdefault(context, {}).setdefault(shadow_message_id, (discard, now))
 
     def forget_older_than(self, when: float) -> None:
         """Notifications queued before ``when`` are dropped (``ShadowMessageAutoDiscard``)."""
@@ -90,7 +94,7 @@ class DiscardHandOut:
             await self._sweep(context, maximum)
         waiting = self._waiting.get(context, {})
         shadow_ids = list(waiting)[:maximum]
-        taken = [WaitingDiscard(s, waiting.pop(s)[0]) for s in shadow_ids]
+        taken = [waiting.pop(s)[0] for s in shadow_ids]
         if not waiting:
             self._waiting.pop(context, None)
         if taken:
@@ -148,7 +152,7 @@ class DiscardHandOut:
             self._open_reads.discard(number)
         now = self._clock.seconds() if self._clock is not None else 0.0
         found = {
-            r.shadow_message_id: (r.message_id, now) for r in rows
+            r.shadow_message_id: (r, now) for r in rows
             if (context, r.shadow_message_id) not in self._deleting
             and number >= self._deleted.get((context, r.shadow_message_id), -1)
         }

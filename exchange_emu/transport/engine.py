@@ -338,7 +338,8 @@ class TransportEngine(service.Service):
                 envelope = settled.envelope
                 if envelope.shadow_context and envelope.shadow_message_id:
                     self.discards.queued(envelope.shadow_context, envelope.shadow_message_id,
-                                         envelope.message_id)
+                                         envelope.message_id, envelope.internal_id,
+                                         envelope.sender, envelope.subject)
             if settled.envelope.mapi_submission:
                 self.track(_run(self.report_ownership(settled), "ownership report"))
 

@@ -577,7 +577,8 @@ _WAITING_DISCARDS = DirectStatement(sa.select(
 ).where(discard_notifications.c.shadow_message_id.in_(_ids())))
 _INSERT_DISCARD = DirectStatement(
     sa.insert(discard_notifications),
-    column_keys=["shadow_context", "shadow_message_id", "created_at", "internet_message_id"])
+    column_keys=["shadow_context", "shadow_message_id", "created_at", "internet_message_id",
+                 "internal_message_id", "sender_address", "message_subject"])
 
 
 def _settle(conn: Connection, internal_ids: Iterable[int], now: float, report: Report,
@@ -632,7 +633,9 @@ def _queue_discards(conn: Connection, envelopes: Sequence[Envelope], now: float)
     if wanted:
         _INSERT_DISCARD.run_many(conn, [
             {"shadow_context": context, "shadow_message_id": shadow_id, "created_at": now,
-             "internet_message_id": envelope.message_id}
+             "internet_message_id": envelope.message_id,
+             "internal_message_id": envelope.internal_id, "sender_address": envelope.sender,
+             "message_subject": envelope.subject}
             for (context, shadow_id), envelope in wanted.items()])
     return {envelope.internal_id for envelope in wanted.values()}
 
@@ -640,24 +643,32 @@ def _queue_discards(conn: Connection, envelopes: Sequence[Envelope], now: float)
 # --- shadow redundancy ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WaitingDiscard:
-    """A discard notification waiting for its holder's ``XQDISCARD``."""
+    """A discard notification waiting for its holder's ``XQDISCARD``, with the identity of
+    the message it is for (the D.6 tracking row names it like every other row). A
+    notification written before schema version 7 knows only the Message-ID: no internal id
+    (``None``), sender or subject (``""``)."""
 
     shadow_message_id: str
     message_id: str
+    internal_message_id: int | None = None
+    sender: str = ""
+    subject: str = ""
 
 
+_WAITING_COLUMNS = (
+    discard_notifications.c.shadow_message_id, discard_notifications.c.internet_message_id,
+    discard_notifications.c.internal_message_id, discard_notifications.c.sender_address,
+    discard_notifications.c.message_subject)
 _WAITING_FOR_CONTEXT = DirectStatement(
-    sa.select(discard_notifications.c.shadow_message_id,
-              discard_notifications.c.internet_message_id)
+    sa.select(*_WAITING_COLUMNS)
     .where(discard_notifications.c.shadow_context == sa.bindparam("b_context"))
     .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
     .limit(sa.bindparam("b_limit"))
 )
 _WAITING_FOR_CONTEXT_BEFORE = DirectStatement(
-    sa.select(discard_notifications.c.shadow_message_id,
-              discard_notifications.c.internet_message_id)
+    sa.select(*_WAITING_COLUMNS)
     .where(discard_notifications.c.shadow_context == sa.bindparam("b_context"),
            discard_notifications.c.created_at < sa.bindparam("b_before"))
     .order_by(discard_notifications.c.created_at, discard_notifications.c.id)
@@ -677,7 +688,10 @@ def waiting_discards(conn: Connection, context: str, limit: int,
     else:
         rows = _WAITING_FOR_CONTEXT_BEFORE.rows(
             conn, {"b_context": context, "b_limit": limit, "b_before": created_before})
-    return [WaitingDiscard(shadow_id, message_id or "") for shadow_id, message_id in rows]
+    return [WaitingDiscard(shadow_id, message_id or "",
+                           int(internal_id) if internal_id is not None else None,
+                           sender or "", subject or "")
+            for shadow_id, message_id, internal_id, sender, subject in rows]
 
 
 def delete_discards(conn: Connection, context: str, shadow_message_ids: Sequence[str]) -> None:

@@ -272,7 +272,10 @@ class TransportReceivePolicy:
                 self.tracking.record(TrackingEvent(
                     event_id="NOTIFYSHADOW", source="SMTP", server_hostname=self.server.fqdn,
                     client_hostname=session.helo or "", client_ip=session.peer_ip,
-                    message_id=row.message_id,
+                    internal_message_id=(str(row.internal_message_id)
+                                         if row.internal_message_id is not None else ""),
+                    message_id=row.message_id, message_subject=row.subject,
+                    sender_address=row.sender, return_path=row.sender,
                     custom_data=scenario_step("D.6", shadow_message_id=row.shadow_message_id,
                                               holder=holder),
                 ))

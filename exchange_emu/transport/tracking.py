@@ -131,13 +131,6 @@ class TransportTracking:
         self._row("NOTIFYSHADOW", "SMTP", envelope, (scenario,),
                   shadow_message_id=envelope.shadow_message_id)
 
-    def discard_handed_out(self, message_id: str, shadow_id: str, holder: str) -> None:
-        """D.6: the primary gives the holder its discard notification."""
-        self.log.record(TrackingEvent.trusted(
-            event_id="NOTIFYSHADOW", source="SMTP", server_hostname=self.server.fqdn,
-            message_id=message_id, custom_data=CustomData.trusted(scenario_steps(
-                "D.6", shadow_message_id=shadow_id, holder=holder))))
-
     def discard_queried(self, envelope: Envelope, primary: str, queried_at: float,
                         delayed_ack: bool = False) -> None:
         """D.5 (F.6 for a held message): the query whose reply carried this message's
