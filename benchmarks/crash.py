@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -68,6 +69,10 @@ def main() -> int:
 
     def report(result: CaseResult) -> None:
         print(table([result]).splitlines()[-1], flush=True)
+        if result.duplicates:
+            print(f"duplicates: {result.duplicates_explained()}", flush=True)
+        if result.unexplained:
+            print(f"UNEXPLAINED DUPLICATES: {result.unexplained}", flush=True)
         if result.lost:
             print(f"LOST: {result.lost}", flush=True)
         if result.problems:
@@ -86,8 +91,11 @@ def main() -> int:
     print()
     print(table(results))
     lost = sum(len(r.lost) for r in results)
+    causes: Counter[str] = sum((r.duplicate_causes for r in results), Counter())
+    by_cause = ", ".join(f"{n} {cause}" for cause, n in sorted(causes.items()))
     print(f"\n{sum(r.acknowledged for r in results)} acknowledged, {lost} lost, "
-          f"{sum(r.duplicates for r in results)} duplicates at foreign/legacy recipients")
+          f"{sum(r.duplicates for r in results)} duplicates at foreign/legacy recipients"
+          + (f" ({by_cause})" if by_cause else ""))
     return 1 if lost or any(r.problems for r in results) else 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from exchange_emu.lab.duplicate_causes import UNEXPLAINED, duplicate_causes
 from exchange_emu.lab.org_builder import (
     MailboxDatabaseSpec,
     OrgSpec,
@@ -43,6 +44,7 @@ from exchange_emu.lab.org_builder import (
     write_org,
 )
 from exchange_emu.lab.processes import ServerProcess, free_ports
+from exchange_emu.logs.tracking_event import TrackingEvent
 
 FAST_TIMERS: dict[str, str | int | bool] = {
     "QueueGlitchRetryInterval": "00:00:01",
@@ -170,6 +172,15 @@ class CaseResult:
     drops them. The drain does not wait for them."""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    duplicate_causes: Counter[str] = field(default_factory=Counter)
+    """The extra copies by cause (``lab.duplicate_causes``): takeover, sent again,
+    unexplained."""
+    unexplained: list[str] = field(default_factory=list)
+    """Message-IDs of duplicates neither cause explains."""
+
+    def duplicates_explained(self) -> str:
+        """The duplicates by cause, in a few words (empty without duplicates)."""
+        return ", ".join(f"{n} {cause}" for cause, n in sorted(self.duplicate_causes.items()))
 
 
 # --- where each server keeps its queue database -------------------------------------------
@@ -652,19 +663,21 @@ class Trial:
         return sum(queued_messages(self.organization.server(n).database_url, state)
                    for n in self.processes if self.organization.server(n).roles - {"mailbox"})
 
-    def tracking_counts(self) -> Counter[str]:
-        """RESUBMIT and DUPLICATEDELIVER rows about this trial's messages, all servers."""
+    def tracking_events(self) -> list[TrackingEvent]:
+        """Every server's message tracking rows about this trial's messages."""
         from exchange_emu.logs import read_tracking_logs
 
         sent = set(self.stream.sent)
-        counts: Counter[str] = Counter()
+        events = []
         for name in self.processes:
             logs = self.organization.server(name).data_dir / "TransportRoles" / "Logs"
-            for event in read_tracking_logs(logs / "MessageTracking"):
-                if event.message_id in sent and event.event_id in ("RESUBMIT",
-                                                                   "DUPLICATEDELIVER"):
-                    counts[event.event_id] += 1
-        return counts
+            events += [e for e in read_tracking_logs(logs / "MessageTracking")
+                       if e.message_id in sent]
+        return events
+
+    def fqdns(self) -> set[str]:
+        """The host names of the lab's servers (each keeps a tracking log)."""
+        return {self.organization.server(name).fqdn for name in self.processes}
 
     def run(self) -> tuple[Stream, Counter[str]]:
         try:
@@ -704,9 +717,15 @@ def run_case(case: Case, root: Path, stores: Stores, size: Size, seed: int,
                                        f"(must be exactly once): {extra}")
         result.poisoned += trial.left_in("poison")
         result.shadows_left += trial.left_in("shadow")
-        counts = trial.tracking_counts()
+        events = trial.tracking_events()
+        counts = Counter(e.event_id for e in events)
         result.resubmitted += counts["RESUBMIT"]
         result.suppressed += counts["DUPLICATEDELIVER"]
+        duplicated = [m for m, n in copies.items() if n > 1 and m in stream.sent]
+        for message_id, cause in duplicate_causes(events, duplicated, trial.fqdns()).items():
+            result.duplicate_causes[cause] += copies[message_id] - 1
+            if cause == UNEXPLAINED:
+                result.unexplained.append(message_id)
         if trial.problems or result.lost:
             result.problems += [f"trial {number} (seed {trial_seed}): {p}"
                                 for p in trial.problems]

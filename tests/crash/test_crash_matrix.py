@@ -1,7 +1,8 @@
 """The crash matrix at its small size (docs/crash-matrix.md): for every scenario A–F and
 every server on its path, that server is SIGKILLed at a seeded random instant while
 messages flow, and restarted (or not); every acknowledged message must then be in its
-destination mailbox exactly once, or at a foreign/legacy recipient at least once.
+destination mailbox exactly once, or at a foreign/legacy recipient at least once, every
+extra copy there with a cause the tracking logs show (a takeover, or sent again).
 
 The seed is EXCHANGE_EMU_CRASH_SEED (a fixed default): a failing run is reproduced with
 ``benchmarks/crash.py --size small --seed N --only SCENARIO:SERVER``."""
@@ -42,6 +43,10 @@ def check(results: list[CaseResult]) -> None:
         assert not result.problems, f"{where}:\n" + "\n".join(result.problems)
         if ROUTES[result.case.scenario].destination.startswith("MBX"):
             assert result.duplicates == 0, where
+        # Every extra copy at a foreign/legacy recipient has a documented cause.
+        assert sum(result.duplicate_causes.values()) == result.duplicates, where
+        assert not result.unexplained, f"{where}: duplicates no cause explains: " \
+            f"{result.unexplained}"
 
 
 def run(tmp_path: Path, stores: Stores) -> list[CaseResult]:
