@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import smtplib
 import socket
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -26,6 +28,37 @@ def test_hub_starts_listens_and_speaks_exchange(tmp_path):
     finally:
         # twistd ends by re-raising the signal it was stopped with.
         assert hub.stop() in (0, -15)
+
+
+def _catches(pid: int, *signals: int) -> bool:
+    """Has process ``pid`` handlers for all these signals (``SigCgt`` in /proc)?"""
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(int(line.split()[1], 16) for line in status
+                      if line.startswith("SigCgt:"))
+    return all(caught & (1 << (number - 1)) for number in signals)
+
+
+def test_a_second_stop_signal_while_stopping_is_no_traceback(tmp_path):
+    """Ctrl-C on a lab reaches every server, and then the supervisor sends SIGTERM: the
+    second signal, while the server already stops, is ignored without a traceback (it
+    used to call reactor.stop again: ReactorNotRunning), and the server stops cleanly."""
+    (port,) = free_ports(1)
+    config = small_org(tmp_path, port)
+    hub = ServerProcess("hub", config, "HUB01", tmp_path).start()
+    assert hub.proc is not None
+    deadline = time.monotonic() + 10
+    while not _catches(hub.pid, signal.SIGINT, signal.SIGTERM):  # the reactor is running
+        assert time.monotonic() < deadline, "twistd never caught SIGINT and SIGTERM"
+        time.sleep(0.02)
+    hub.proc.send_signal(signal.SIGINT)
+    hub.proc.send_signal(signal.SIGTERM)
+    status = hub.proc.wait(30)
+    time.sleep(0.1)  # let the reader take the last lines
+    assert "Received SIGINT, shutting down." in hub.output, (status, hub.output[-3000:])
+    assert "Traceback" not in hub.output, hub.output
+    assert "ReactorNotRunning" not in hub.output, hub.output
+    assert "Main loop terminated." in hub.output
+    assert status in (0, -signal.SIGINT)
 
 
 def test_lab_config_hub01_listens_on_2525(tmp_path):

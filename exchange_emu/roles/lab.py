@@ -15,6 +15,7 @@ from exchange_emu.roles.options import OrganizationOptions
 from exchange_emu.roles.server_services import ExchangeServer
 from exchange_emu.security.credentials import CertificateError
 from exchange_emu.startup import ExitOnStartupError
+from exchange_emu.stop_signals import StopOnceOnSignals
 
 
 class Options(OrganizationOptions):
@@ -51,6 +52,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         reactor = default_reactor
     organization = options.organization("exchange-lab")
     top = ExitOnStartupError("exchange-lab")
+    StopOnceOnSignals(reactor).setServiceParent(top)
     for server in organization.servers.values():
         try:
             ExchangeServer(organization, server, reactor).setServiceParent(top)

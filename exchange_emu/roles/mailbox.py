@@ -10,6 +10,7 @@ from exchange_emu.roles.options import ServerOptions
 from exchange_emu.roles.server_services import ExchangeServer
 from exchange_emu.security.credentials import CertificateError
 from exchange_emu.startup import ExitOnStartupError
+from exchange_emu.stop_signals import StopOnceOnSignals
 
 
 class Options(ServerOptions):
@@ -29,6 +30,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         reactor = default_reactor
     organization, server = options.server("exchange-mailbox", "mailbox")
     top = ExitOnStartupError("exchange-mailbox")
+    StopOnceOnSignals(reactor).setServiceParent(top)
     try:
         ExchangeServer(organization, server, reactor).setServiceParent(top)
     except CertificateError as e:

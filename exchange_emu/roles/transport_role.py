@@ -10,6 +10,7 @@ from exchange_emu.roles.options import ServerOptions
 from exchange_emu.roles.server_services import ExchangeServer
 from exchange_emu.security.credentials import CertificateError
 from exchange_emu.startup import ExitOnStartupError
+from exchange_emu.stop_signals import StopOnceOnSignals
 
 
 def make_transport_service(
@@ -21,6 +22,7 @@ def make_transport_service(
         reactor = default_reactor
     organization, server = options.server(program, role)
     top = ExitOnStartupError(program)
+    StopOnceOnSignals(reactor).setServiceParent(top)
     try:
         ExchangeServer(organization, server, reactor).setServiceParent(top)
     except CertificateError as e:
