@@ -65,6 +65,7 @@ def _run_supervised(organization: Any, config: Path, port_offset: int) -> int:
     from twisted.internet import reactor as default_reactor
 
     from exchange_emu.lab.supervisor import LabSupervisor
+    from exchange_emu.stop_signals import StopOnceOnSignals
 
     reactor: Any = default_reactor
     supervisor = LabSupervisor(organization, config.resolve(), port_offset, reactor,
@@ -85,6 +86,7 @@ def _run_supervised(organization: Any, config: Path, port_offset: int) -> int:
               f"http://{admin}/api/queues", flush=True)
     reactor.callWhenRunning(supervisor.start)
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
+    StopOnceOnSignals(reactor).startService()  # (make forwards a signal a second time)
     reactor.run()
     print("Exchange lab stopped.", flush=True)
     return 0

@@ -3,6 +3,7 @@ stops them all."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,9 +22,11 @@ EXE = str(Path(sys.executable).parent / "exchange-emu")
 def run_lab(config: Path, cwd: Path, *extra: str,
             while_running: Any = None) -> tuple[int, list[str]]:
     """Start the lab, wait (bounded) until all five servers run, call ``while_running``
-    with the output so far, then Ctrl-C it."""
+    with the output so far, then Ctrl-C it: SIGINT to its whole process group, as a
+    terminal does (every server gets it too, and then the supervisor's SIGTERM)."""
     proc = subprocess.Popen([EXE, "lab", "--config", str(config), *extra], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     lines: list[str] = []
     ready = threading.Event()
 
@@ -45,7 +48,7 @@ def run_lab(config: Path, cwd: Path, *extra: str,
         assert ready.wait(60), "\n".join(lines)
         if while_running is not None:
             while_running(lines)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         status = proc.wait(60)
     finally:
         if proc.poll() is None:
@@ -64,6 +67,7 @@ def test_each_server_is_its_own_process_and_ctrl_c_stops_all(tmp_path):
         "MBX01", "HUB01", "HUB02", "MBX02", "HUB03"}
     assert lines[-1] == "Exchange lab stopped."
     assert sum("Server Shut Down." in line for line in lines) == 5
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
     progress = [line for line in lines if line.startswith("[lab] ")]
     assert progress[-1].startswith("[lab] all 5 servers ready in "), progress
     assert "(5 of 5 servers ready)" in progress[-2]
