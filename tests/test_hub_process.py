@@ -53,7 +53,9 @@ def test_a_second_stop_signal_while_stopping_is_no_traceback(tmp_path):
     hub.proc.send_signal(signal.SIGINT)
     hub.proc.send_signal(signal.SIGTERM)
     status = hub.proc.wait(30)
-    time.sleep(0.1)  # let the reader take the last lines
+    deadline = time.monotonic() + 10  # the reader thread takes the last lines
+    while "Server Shut Down." not in hub.output and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "Received SIGINT, shutting down." in hub.output, (status, hub.output[-3000:])
     assert "Traceback" not in hub.output, hub.output
     assert "ReactorNotRunning" not in hub.output, hub.output
