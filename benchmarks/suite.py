@@ -13,7 +13,11 @@ Relay, for each number of concurrent sessions (``--sessions 1,20``):
   to HUB01 under shadow redundancy, keeping a shadow copy until HUB01's discard;
 * ``emu-noshadow``: the same with ShadowRedundancyEnabled false (no XSHADOW, no delayed
   acknowledgement): what shadow redundancy adds;
-* ``direct``: smtp-source → smtp-sink, the ceiling of the load tools.
+* ``direct``: smtp-source → smtp-sink, the ceiling of the load tools;
+* ``bare``, ``bare2``, ``bare2-hold`` (not run unless asked for): the floor of this
+  project's stack, benchmarks/bare_relay.py — a store-and-forward relay in Python, Twisted
+  and SQLite with nothing of Exchange; one hop, two hops, and two hops that each hold their
+  ``250`` until the next hop acknowledged (the shape of delayed acknowledgement).
 
 Each relay run has two phases on fresh processes. Throughput: smtp-source sends
 ``--messages`` messages of ``--size`` bytes, one per session as smtp-source does, over N
@@ -71,10 +75,16 @@ SENDER = "app@contoso.test"
 RECIPIENT = "erin@fabrikam.test"
 MARK_BEGIN = "<!-- suite:begin -->"
 MARK_END = "<!-- suite:end -->"
-SYSTEMS = ("postfix", "emu", "emu-nodelay", "emu-noshadow", "direct")
+DEFAULT_SYSTEMS = ("postfix", "emu", "emu-nodelay", "emu-noshadow", "direct")
+FLOOR_SYSTEMS = {"bare": (1, False), "bare2": (2, False), "bare2-hold": (2, True)}
+"""The stack's floor (benchmarks/bare_relay.py): hops, and whether each holds its 250."""
+SYSTEMS = DEFAULT_SYSTEMS + tuple(FLOOR_SYSTEMS)
 LABELS = {"postfix": "Postfix", "emu": "exchange-emu (shadow + delayed ack)",
           "emu-nodelay": "exchange-emu (shadow, no delayed ack)",
-          "emu-noshadow": "exchange-emu (shadow off)", "direct": "smtp-source → smtp-sink"}
+          "emu-noshadow": "exchange-emu (shadow off)", "direct": "smtp-source → smtp-sink",
+          "bare": "bare Twisted relay, 1 hop (floor)",
+          "bare2": "bare Twisted relay, 2 hops (floor)",
+          "bare2-hold": "bare Twisted relay, 2 hops, 250 held (floor)"}
 
 
 def _wait_until(what: str, condition: Callable[[], bool], timeout: float,
@@ -272,6 +282,63 @@ class EmuSystem(Relay):
         return commits
 
 
+class BareSystem(Relay):
+    """The stack's floor: ``hops`` bare relays (benchmarks/bare_relay.py) in a row."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        self.name = name
+        self.hops, self.hold = FLOOR_SYSTEMS[name]
+        self.directory = directory
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, sink_port: int) -> int:
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=self.directory))
+        ports = free_ports(self.hops)
+        next_ports = [*ports[1:], sink_port]
+        for hop, (port, next_port) in enumerate(zip(ports, next_ports, strict=True)):
+            process = subprocess.Popen(
+                [sys.executable, str(HERE / "bare_relay.py"), "--port", str(port),
+                 "--next", f"127.0.0.1:{next_port}", "--database", str(run_dir / f"{hop}.db"),
+                 *(["--hold"] if self.hold else [])],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.processes.append(process)
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            if "listening" not in line:
+                self.stop()
+                raise RuntimeError(f"bare relay did not start: {line.strip()}")
+        return ports[0]
+
+    def _pids(self) -> dict[str, int]:
+        return {f"hop {n + 1}": p.pid for n, p in enumerate(self.processes)}
+
+    def cpu_seconds(self) -> float:
+        return sum(_cpu_seconds(pid) for pid in self._pids().values())
+
+    def peaks_kib(self) -> dict[str, int]:
+        return {name: _peak_kib(pid) for name, pid in self._pids().items()}
+
+    def stop(self) -> int | None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(10)
+        self.processes = []
+        return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def _schema(url: str, statement: str) -> None:
     """Create or drop a PostgreSQL schema of the run."""
     import sqlalchemy as sa
@@ -366,6 +433,8 @@ def relay_runs(args: argparse.Namespace, tools: dict[str, str], directory: Path
                 relay = PostfixSystem()
             elif system == "direct":
                 relay = DirectRelay()
+            elif system in FLOOR_SYSTEMS:
+                relay = BareSystem(system, directory)
             else:
                 relay = EmuSystem(system, args.database_url, directory)
             print(f"  {system:<13} {sessions:>2} sessions: throughput …", end="", flush=True)
@@ -679,8 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=_positive, default=3,
                         help="relay runs of every system, in turn; medians are reported")
     parser.add_argument("--size", type=int, default=10240, help="message size in bytes")
-    parser.add_argument("--systems", type=_systems, default=list(SYSTEMS),
-                        help=f"comma-separated, from {','.join(SYSTEMS)}")
+    parser.add_argument("--systems", type=_systems, default=list(DEFAULT_SYSTEMS),
+                        help=f"comma-separated, from {','.join(SYSTEMS)} (default: "
+                             f"{','.join(DEFAULT_SYSTEMS)})")
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL server for the queue databases (default: SQLite)")
     parser.add_argument("--shadows", type=int, default=100_000, help="0 skips this part")

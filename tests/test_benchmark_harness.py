@@ -132,3 +132,26 @@ def test_a_storm_only_run_leaves_the_relay_plot_alone(tmp_path: Path) -> None:
     assert "left as it was" in done.stdout
     assert [s["messages"] for s in json.loads((tmp_path / "storm.json").read_text())["storm"]] \
         == [1, 10]
+
+
+def test_tiny_run_of_the_stacks_floor(tmp_path: Path) -> None:
+    """The bare relays (benchmarks/bare_relay.py) run through the same phases."""
+    _require_postfix_tools()
+    results_file = tmp_path / "floor.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/suite.py", "--messages", "12", "--latency-messages", "6",
+         "--sessions", "2", "--rounds", "1", "--systems", "bare,bare2,bare2-hold",
+         "--shadows", "0", "--storm", "0", "--timeout", "120", "--json", str(results_file),
+         "--markdown", str(tmp_path / "floor.md"), "--plot", str(tmp_path / "floor.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(results_file.read_text())
+    assert {run["system"]: len(run["throughput"]["peak_memory_kib"])
+            for run in results["relay"]} == {"bare": 1, "bare2": 2, "bare2-hold": 2}
+    for run in results["relay"]:
+        assert "error" not in run, run
+        assert run["throughput"]["messages"] == 12 and run["throughput"]["msg_per_s"] > 0
+        assert min(run["throughput"]["peak_memory_kib"].values()) > 0
+        for p50, p99 in (run["latency"]["ack_ms"], run["latency"]["e2e_ms"]):
+            assert 0 < p50 <= p99
+    assert "bare Twisted relay, 2 hops, 250 held (floor)" in (tmp_path / "floor.md").read_text()
