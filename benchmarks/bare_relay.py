@@ -19,6 +19,9 @@ carries one message at a time (``DATA`` waits for the last ``250``), so with ``-
 new session starts for every message that waits, up to 20 — the most concurrency the next
 hop can be given.
 
+``--writer-thread`` commits on a thread of its own instead, as exchange-emu does: what
+keeping the disk off the reactor thread costs.
+
     python benchmarks/bare_relay.py --port 2525 --next 127.0.0.1:2526 --database /tmp/q.db --hold
 """
 
@@ -34,7 +37,9 @@ from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.basic import LineReceiver
+from twisted.python.threadpool import ThreadPool
 
 MESSAGES_PER_SESSION = 20
 MAX_SESSIONS = 20
@@ -54,11 +59,14 @@ class Message:
 
 
 class Store:
-    """The queue: one SQLite table, written in one transaction per reactor turn."""
+    """The queue: one SQLite table, written in one transaction for every message that
+    ended in a reactor turn — on the reactor thread, or with ``writer_thread`` on a thread
+    of its own (as exchange-emu's queue database commits), then for everything that asked
+    while the last transaction ran."""
 
-    def __init__(self, path: Path, reactor: Any) -> None:
+    def __init__(self, path: Path, reactor: Any, writer_thread: bool = False) -> None:
         self.reactor = reactor
-        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("CREATE TABLE IF NOT EXISTS queue (row INTEGER PRIMARY KEY, "
@@ -66,6 +74,12 @@ class Store:
         self.adds: list[tuple[bytes, list[bytes], bytes, defer.Deferred[Message]]] = []
         self.deletes: list[int] = []
         self.flush_call: IDelayedCall | None = None
+        self.writer: ThreadPool | None = None
+        self.writing = False
+        if writer_thread:
+            self.writer = ThreadPool(1, 1, "writer")
+            self.writer.start()
+            reactor.addSystemEventTrigger("after", "shutdown", self.writer.stop)
 
     def queued(self) -> list[Message]:
         return [Message(row, sender, recipients.split(b"\n"), body) for row, sender,
@@ -83,13 +97,22 @@ class Store:
         self._schedule()
 
     def _schedule(self) -> None:
-        if self.flush_call is None:
+        if self.flush_call is None and not self.writing:
             self.flush_call = self.reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
         self.flush_call = None
         adds, self.adds = self.adds, []
         deletes, self.deletes = self.deletes, []
+        if self.writer is None:
+            self._written(adds, deletes, self._transaction(adds, deletes))
+            return
+        self.writing = True
+        deferToThreadPool(self.reactor, self.writer, self._transaction, adds, deletes
+                          ).addCallback(lambda result: self._written(adds, deletes, result))
+
+    def _transaction(self, adds: list[tuple[bytes, list[bytes], bytes, Any]],
+                     deletes: list[int]) -> list[int | None] | sqlite3.Error:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             rows = [self.db.execute("INSERT INTO queue (sender, recipients, body) "
@@ -97,14 +120,23 @@ class Store:
                     for s, r, body, _ in adds]
             self.db.executemany("DELETE FROM queue WHERE row = ?", [(r,) for r in deletes])
             self.db.execute("COMMIT")
+            return rows
         except sqlite3.Error as e:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
+            return e
+
+    def _written(self, adds: list[tuple[bytes, list[bytes], bytes, defer.Deferred[Message]]],
+                 deletes: list[int], result: list[int | None] | sqlite3.Error) -> None:
+        self.writing = False
+        if self.adds or self.deletes:
+            self._schedule()
+        if isinstance(result, sqlite3.Error):
             self.deletes[:0] = deletes  # retried with the next commit
             for *_, d in adds:
-                d.errback(e)
+                d.errback(result)
             return
-        for (sender, recipients, body, d), row in zip(adds, rows, strict=True):
+        for (sender, recipients, body, d), row in zip(adds, result, strict=True):
             assert row is not None
             d.callback(Message(row, sender, recipients, body))
 
@@ -373,11 +405,13 @@ def main() -> int:
     parser.add_argument("--database", type=Path, required=True)
     parser.add_argument("--hold", action="store_true",
                         help="acknowledge only once the next hop acknowledged")
+    parser.add_argument("--writer-thread", action="store_true",
+                        help="commit on a thread of its own, not on the reactor thread")
     args = parser.parse_args()
     host, _, port = args.next.rpartition(":")
     from twisted.internet import reactor
 
-    store = Store(args.database, reactor)
+    store = Store(args.database, reactor, args.writer_thread)
     forwarder = Forwarder(reactor, host, int(port), store, 1 if args.hold else MESSAGES_PER_SESSION)
     for message in store.queued():
         forwarder.enqueue(message)

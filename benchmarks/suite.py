@@ -14,10 +14,11 @@ Relay, for each number of concurrent sessions (``--sessions 1,20``):
 * ``emu-noshadow``: the same with ShadowRedundancyEnabled false (no XSHADOW, no delayed
   acknowledgement): what shadow redundancy adds;
 * ``direct``: smtp-source → smtp-sink, the ceiling of the load tools;
-* ``bare``, ``bare2``, ``bare2-hold`` (not run unless asked for): the floor of this
-  project's stack, benchmarks/bare_relay.py — a store-and-forward relay in Python, Twisted
-  and SQLite with nothing of Exchange; one hop, two hops, and two hops that each hold their
-  ``250`` until the next hop acknowledged (the shape of delayed acknowledgement).
+* ``bare``, ``bare2``, ``bare2-hold``, ``bare2-hold-thread`` (not run unless asked for):
+  the floor of this project's stack, benchmarks/bare_relay.py — a store-and-forward relay in
+  Python, Twisted and SQLite with nothing of Exchange; one hop, two hops, two hops that each
+  hold their ``250`` until the next hop acknowledged (the shape of delayed acknowledgement),
+  and the last committing on a writer thread as exchange-emu does.
 
 Each relay run has two phases on fresh processes. Throughput: smtp-source sends
 ``--messages`` messages of ``--size`` bytes, one per session as smtp-source does, over N
@@ -76,15 +77,18 @@ RECIPIENT = "erin@fabrikam.test"
 MARK_BEGIN = "<!-- suite:begin -->"
 MARK_END = "<!-- suite:end -->"
 DEFAULT_SYSTEMS = ("postfix", "emu", "emu-nodelay", "emu-noshadow", "direct")
-FLOOR_SYSTEMS = {"bare": (1, False), "bare2": (2, False), "bare2-hold": (2, True)}
-"""The stack's floor (benchmarks/bare_relay.py): hops, and whether each holds its 250."""
+FLOOR_SYSTEMS = {"bare": (1, False, False), "bare2": (2, False, False),
+                 "bare2-hold": (2, True, False), "bare2-hold-thread": (2, True, True)}
+"""The stack's floor (benchmarks/bare_relay.py): hops, whether each holds its 250, and
+whether each commits on a writer thread."""
 SYSTEMS = DEFAULT_SYSTEMS + tuple(FLOOR_SYSTEMS)
 LABELS = {"postfix": "Postfix", "emu": "exchange-emu (shadow + delayed ack)",
           "emu-nodelay": "exchange-emu (shadow, no delayed ack)",
           "emu-noshadow": "exchange-emu (shadow off)", "direct": "smtp-source → smtp-sink",
           "bare": "bare Twisted relay, 1 hop (floor)",
           "bare2": "bare Twisted relay, 2 hops (floor)",
-          "bare2-hold": "bare Twisted relay, 2 hops, 250 held (floor)"}
+          "bare2-hold": "bare Twisted relay, 2 hops, 250 held (floor)",
+          "bare2-hold-thread": "the same, commits on a writer thread (floor)"}
 
 
 def _wait_until(what: str, condition: Callable[[], bool], timeout: float,
@@ -287,7 +291,7 @@ class BareSystem(Relay):
 
     def __init__(self, name: str, directory: Path) -> None:
         self.name = name
-        self.hops, self.hold = FLOOR_SYSTEMS[name]
+        self.hops, self.hold, self.writer_thread = FLOOR_SYSTEMS[name]
         self.directory = directory
         self.processes: list[subprocess.Popen[str]] = []
 
@@ -299,7 +303,8 @@ class BareSystem(Relay):
             process = subprocess.Popen(
                 [sys.executable, str(HERE / "bare_relay.py"), "--port", str(port),
                  "--next", f"127.0.0.1:{next_port}", "--database", str(run_dir / f"{hop}.db"),
-                 *(["--hold"] if self.hold else [])],
+                 *(["--hold"] if self.hold else []),
+                 *(["--writer-thread"] if self.writer_thread else [])],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self.processes.append(process)
             assert process.stdout is not None

@@ -23,11 +23,12 @@ BODY = (b"Subject: floor\r\n\r\n.a line that starts with a dot\r\n..and one with
 
 
 class BareRelay:
-    def __init__(self, port: int, next_port: int, database: Path, hold: bool) -> None:
+    def __init__(self, port: int, next_port: int, database: Path, hold: bool,
+                 writer_thread: bool) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(RELAY), "--port", str(port), "--next",
              f"127.0.0.1:{next_port}", "--database", str(database),
-             *(["--hold"] if hold else [])],
+             *(["--hold"] if hold else []), *(["--writer-thread"] if writer_thread else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], 30)
@@ -57,12 +58,15 @@ def _send(port: int, count: int) -> None:
                             BODY)
 
 
+@pytest.mark.parametrize("writer_thread", [False, True], ids=["inline", "writer-thread"])
 def test_two_holding_hops_acknowledge_only_once_the_sink_has_the_message(
-        tmp_path: Path, relays: list[BareRelay]) -> None:
+        tmp_path: Path, relays: list[BareRelay], writer_thread: bool) -> None:
     first, second, sink_port = free_ports(3)
     with Sink(sink_port) as sink:
-        relays.append(BareRelay(second, sink_port, tmp_path / "2.db", hold=True))
-        relays.append(BareRelay(first, second, tmp_path / "1.db", hold=True))
+        relays.append(BareRelay(second, sink_port, tmp_path / "2.db", hold=True,
+                                writer_thread=writer_thread))
+        relays.append(BareRelay(first, second, tmp_path / "1.db", hold=True,
+                                writer_thread=writer_thread))
         with smtplib.SMTP("127.0.0.1", first, timeout=30) as client:
             for n in range(1, 4):
                 client.sendmail("app@contoso.test", ["erin@fabrikam.test"], BODY)
@@ -74,15 +78,18 @@ def test_two_holding_hops_acknowledge_only_once_the_sink_has_the_message(
     assert all(m.recipients == ["erin@fabrikam.test"] for m in received)
 
 
+@pytest.mark.parametrize("writer_thread", [False, True], ids=["inline", "writer-thread"])
 def test_an_acknowledged_message_survives_kill_9_and_goes_out_after_restart(
-        tmp_path: Path, relays: list[BareRelay]) -> None:
+        tmp_path: Path, relays: list[BareRelay], writer_thread: bool) -> None:
     port, sink_port = free_ports(2)
-    relay = BareRelay(port, sink_port, tmp_path / "q.db", hold=False)  # next hop down
+    relay = BareRelay(port, sink_port, tmp_path / "q.db", hold=False,
+                      writer_thread=writer_thread)  # next hop down
     relays.append(relay)
     _send(port, 2)  # acknowledged after the commit
     relay.stop(signal.SIGKILL)
     with Sink(sink_port) as sink:
-        relays.append(BareRelay(port, sink_port, tmp_path / "q.db", hold=False))
+        relays.append(BareRelay(port, sink_port, tmp_path / "q.db", hold=False,
+                                writer_thread=writer_thread))
         received = sink.wait_for(2)
     assert [m.recipients for m in received] == [["erin@fabrikam.test", "ann@fabrikam.test"]] * 2
     assert {m.data.replace(b"\r\n", b"\n") for m in received} == {BODY.replace(b"\r\n", b"\n")}
