@@ -643,6 +643,12 @@ def markdown(results: dict[str, Any]) -> str:
                   "acknowledgement minus exchange-emu with shadow off), at p99: "
                   + ", ".join(f"{ms:+.1f} ms at {n} session{'s' if n != 1 else ''}"
                               for n, ms in added.items()) + "."]
+    floor = _share_of_floor(results["relay"])
+    if floor:
+        lines += ["", "Against the stack's floor (the bare relay, two hops, each `250` held): "
+                  "exchange-emu with delayed acknowledgement relays "
+                  + ", ".join(f"{share:.0%} of its throughput at {n} session"
+                              f"{'s' if n != 1 else ''}" for n, share in floor.items()) + "."]
     sq = results.get("shadow_queue")
     if sq:
         lines += ["", f"Shadow queues: a hub holding {sq['shadows']} shadow copies (1 KB bodies): "
@@ -665,6 +671,15 @@ def markdown(results: dict[str, Any]) -> str:
                   f" | {s['resubmitted_per_s']:.0f} | {s['hub01_rss_bytes_per_queued']:.0f} | "
                   f"{s['edge01_rss_bytes_per_shadow']:.0f} |" for s in results["storm"]]
     return "\n".join(lines) + "\n"
+
+
+def _share_of_floor(relay: list[dict[str, Any]]) -> dict[int, float]:
+    """Per session count: exchange-emu's throughput (shadow + delayed ack) over the floor's
+    of the same shape (``bare2-hold``), where both ran."""
+    rates = {(r["system"], r["sessions"]): r["throughput"]["msg_per_s"] for r in relay
+             if "throughput" in r}
+    return {n: rate / rates[("bare2-hold", n)] for (system, n), rate in sorted(rates.items())
+            if system == "emu" and rates.get(("bare2-hold", n))}
 
 
 def write_markdown(path: Path, table: str) -> None:

@@ -77,3 +77,12 @@ def test_a_system_without_commit_counters_keeps_none():
     summary = summarize([[run("postfix", 800, commits=None)]])[0]
     assert summary["throughput"]["commits"] is None
     assert summary["throughput"]["commits_per_s"] is None
+
+
+def test_the_share_of_the_floor_compares_emu_with_the_held_floor_of_the_same_sessions():
+    import suite
+
+    runs = [run("emu", 300, sessions=20), run("bare2-hold", 750, sessions=20),
+            run("bare2", 1500, sessions=20), run("emu", 90, sessions=1),
+            run("bare2", 900, sessions=1)]  # (no held floor with one sender: no share)
+    assert suite._share_of_floor(runs) == {20: 0.4}
