@@ -26,7 +26,7 @@ lab: $(STAMP)
 	$(BIN)/exchange-emu lab --config etc/lab.toml
 
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check exchange_emu twisted tests benchmarks

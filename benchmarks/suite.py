@@ -14,8 +14,8 @@ Relay, for each number of concurrent sessions (``--sessions 1,20``):
 * ``emu-noshadow``: the same with ShadowRedundancyEnabled false (no XSHADOW, no delayed
   acknowledgement): what shadow redundancy adds;
 * ``direct``: smtp-source → smtp-sink, the ceiling of the load tools;
-* ``bare``, ``bare2``, ``bare2-hold``, ``bare2-hold-thread`` (not run unless asked for):
-  the floor of this project's stack, benchmarks/bare_relay.py — a store-and-forward relay in
+* ``bare2-hold``, and when asked for ``bare``, ``bare2`` and ``bare2-hold-thread``: the floor
+  of this project's stack, benchmarks/bare_relay.py — a store-and-forward relay in
   Python, Twisted and SQLite with nothing of Exchange; one hop, two hops, two hops that each
   hold their ``250`` until the next hop acknowledged (the shape of delayed acknowledgement),
   and the last committing on a writer thread as exchange-emu does.
@@ -76,7 +76,7 @@ SENDER = "app@contoso.test"
 RECIPIENT = "erin@fabrikam.test"
 MARK_BEGIN = "<!-- suite:begin -->"
 MARK_END = "<!-- suite:end -->"
-DEFAULT_SYSTEMS = ("postfix", "emu", "emu-nodelay", "emu-noshadow", "direct")
+DEFAULT_SYSTEMS = ("postfix", "emu", "emu-nodelay", "emu-noshadow", "direct", "bare2-hold")
 FLOOR_SYSTEMS = {"bare": (1, False, False), "bare2": (2, False, False),
                  "bare2-hold": (2, True, False), "bare2-hold-thread": (2, True, True)}
 """The stack's floor (benchmarks/bare_relay.py): hops, whether each holds its 250, and
