@@ -312,6 +312,8 @@ class BareSystem(Relay):
             if "listening" not in line:
                 self.stop()
                 raise RuntimeError(f"bare relay did not start: {line.strip()}")
+            # Whatever it says later (a refused message) must never fill the pipe and stop it.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
         return ports[0]
 
     def _pids(self) -> dict[str, int]:
