@@ -707,16 +707,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if not runs:
             continue
         sessions = [r["sessions"] for r in runs]
+        floor = system in FLOOR_SYSTEMS  # dotted, and only its p99: the yardstick, not a relay
         left.plot(sessions, [r["throughput"]["msg_per_s"] for r in runs], marker="o",
-                  color=color, label=LABELS[system])
+                  color=color, linestyle=":" if floor else "-", label=LABELS[system])
         with_latency = [r for r in runs if "latency" in r]
         if with_latency:
             right.plot([r["sessions"] for r in with_latency],
                        [r["latency"]["e2e_ms"][1] for r in with_latency], marker="o",
-                       color=color, label=f"{LABELS[system]} p99")
-            right.plot([r["sessions"] for r in with_latency],
-                       [r["latency"]["e2e_ms"][0] for r in with_latency], marker=".",
-                       color=color, linestyle="--", label=f"{LABELS[system]} p50")
+                       color=color, linestyle=":" if floor else "-",
+                       label=f"{LABELS[system]} p99")
+            if not floor:
+                right.plot([r["sessions"] for r in with_latency],
+                           [r["latency"]["e2e_ms"][0] for r in with_latency], marker=".",
+                           color=color, linestyle="--", label=f"{LABELS[system]} p50")
     left.set(title="Relay throughput (end to end)", xlabel="concurrent sessions",
              ylabel="messages/s", yscale="log")
     right.set(title="End-to-end latency per message", xlabel="concurrent sessions",
