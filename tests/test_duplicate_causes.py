@@ -57,6 +57,28 @@ def test_a_hop_that_received_more_than_its_sender_recorded_was_sent_it_again():
     assert duplicate_cause(events, SERVERS) == SENT_AGAIN
 
 
+def deliver(at: str, internal_id: str) -> TrackingEvent:
+    return TrackingEvent(event_id="DELIVER", source="SMTP", server_hostname=at,
+                         internal_message_id=internal_id, message_id=MESSAGE)
+
+
+def test_a_hop_killed_before_its_250_left_was_sent_it_again():
+    """INTERNET01 committed the message as internal id 2 and was killed before its 250
+    left, and before its RECEIVE row reached the disk; restarted, it delivered id 2.
+    EDGE01, which never got the 250, retried: INTERNET01 took it again as id 3. EDGE01 has
+    one SEND to it, INTERNET01 two copies (the crash matrix's case D:INTERNET01)."""
+    events = [*path_once()[:-2], deliver(INTERNET01, "2"), receive(INTERNET01, EDGE01, ""),
+              deliver(INTERNET01, "3"), path_once()[-1]]
+    assert duplicate_cause(events, SERVERS) == SENT_AGAIN
+
+
+def test_one_receipt_delivered_twice_is_unexplained():
+    """The same internal id delivered twice is not a lost acknowledgement: it would be a
+    fault of the hop itself, and the crash matrix must show it."""
+    events = [*path_once(), deliver(INTERNET01, "3"), deliver(INTERNET01, "3")]
+    assert duplicate_cause(events, SERVERS) == UNEXPLAINED
+
+
 def test_a_path_whose_every_receipt_was_sent_is_unexplained():
     """Every receipt matched by a SEND, the F.7 release and the load client's receipt
     (no tracking log of its own) included: neither cause shows."""

@@ -7,9 +7,12 @@ The crash matrix meets two causes:
 
 - **takeover**: a shadow holder took the message over (``RESUBMIT``) from a primary that had
   already passed it on, or that came back with its database after the takeover;
-- **sent again**: a hop received the message more often than the server before it recorded
-  sending it there. That server was killed after the hop's ``250`` and before its own commit
-  of the delivery, so once restarted it sent the message again.
+- **sent again**: a hop took the message more often than the servers before it recorded
+  sending it there: an acknowledgement was lost between the hop's commit and its sender's.
+  Either the sender was killed after the hop's ``250`` and before its own commit of the
+  delivery, or the hop was killed after its commit and before its ``250`` left. Either way
+  the sender, restarted or retrying, sent the message again — SMTP's own duplicate
+  (RFC 1047), which no relay can rule out.
 
 Anything else is **unexplained**, and the crash matrix reports its Message-ID.
 """
@@ -34,6 +37,11 @@ def duplicate_cause(events: Iterable[TrackingEvent], servers: Collection[str]) -
     client host name; a sender without a tracking log cannot be checked), leaving out F.7:
     that row releases a delayed acknowledgement and is not a receipt. The sender counts its
     ``SEND`` rows to that hop (the ``destination`` in custom-data).
+
+    A hop killed right after its commit may lose its ``RECEIVE`` row (rows are buffered),
+    but it delivers what it committed once restarted: its ``DELIVER`` rows count its copies
+    too, one per internal message id (each receipt gets its own; the same id delivered
+    twice is no lost acknowledgement and stays unexplained), against every ``SEND`` to it.
     """
     events = list(events)
     if any(e.event_id == "RESUBMIT" for e in events):
@@ -44,6 +52,12 @@ def duplicate_cause(events: Iterable[TrackingEvent], servers: Collection[str]) -
     sent = Counter((e.custom_data.get("destination", ""), e.server_hostname) for e in events
                    if e.event_id == "SEND")
     if any(count > sent[hop] for hop, count in received.items()):
+        return SENT_AGAIN
+    delivered = Counter(hop for hop, _ in {(e.server_hostname, e.internal_message_id)
+                                           for e in events if e.event_id == "DELIVER"})
+    sent_to = Counter(e.custom_data.get("destination", "") for e in events
+                      if e.event_id == "SEND")
+    if any(copies > sent_to[hop] for hop, copies in delivered.items()):
         return SENT_AGAIN
     return UNEXPLAINED
 
