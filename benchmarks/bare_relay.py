@@ -13,7 +13,7 @@ sessions opened as exchange-emu's delivery queue opens them (a new one when none
 
 ``--hold`` acknowledges a message only once the next hop acknowledged it (or after 30 s,
 Exchange's ``MaxAcknowledgementDelay``): the shape of delayed acknowledgement, without the
-discard notification and the query that close it in Exchange. Two of them chained are so a
+discard notification and the query that close it in Exchange. Two of them in a row are a
 floor for exchange-emu's EDGE01 → HUB01 with delayed acknowledgement. A held session
 carries one message at a time (``DATA`` waits for the last ``250``), so with ``--hold`` a
 new session starts for every message that waits, up to 20 — the most concurrency the next

@@ -68,7 +68,7 @@ from _postfix import PostfixRelay, postfix_tools
 from _rounds import added_latency, summarize
 
 from exchange_emu.lab.org_builder import OrgSpec, SendConnectorSpec, ServerSpec, write_org
-from exchange_emu.lab.processes import ServerProcess, free_ports
+from exchange_emu.lab.processes import ServerProcess, cpu_seconds, free_ports, peak_memory_kib
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -320,10 +320,10 @@ class BareSystem(Relay):
         return {f"hop {n + 1}": p.pid for n, p in enumerate(self.processes)}
 
     def cpu_seconds(self) -> float:
-        return sum(_cpu_seconds(pid) for pid in self._pids().values())
+        return sum(cpu_seconds(pid) or 0.0 for pid in self._pids().values())
 
     def peaks_kib(self) -> dict[str, int]:
-        return {name: _peak_kib(pid) for name, pid in self._pids().items()}
+        return {name: peak_memory_kib(pid) or 0 for name, pid in self._pids().items()}
 
     def stop(self) -> int | None:
         for process in self.processes:
@@ -332,18 +332,6 @@ class BareSystem(Relay):
             process.wait(10)
         self.processes = []
         return None
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _peak_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _schema(url: str, statement: str) -> None:

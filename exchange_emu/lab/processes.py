@@ -117,19 +117,29 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         """User plus system CPU time the process has used so far."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def peak_memory_kib(self) -> int | None:
         """The process's peak resident memory (VmHWM), while it runs."""
-        try:
-            with open(f"/proc/{self.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
-        except OSError:
-            return None
+        return peak_memory_kib(self.pid)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time process ``pid`` has used so far (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_memory_kib(pid: int) -> int | None:
+    """Process ``pid``'s peak resident memory (VmHWM), while it runs."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
