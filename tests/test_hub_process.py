@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import socket
@@ -56,11 +57,19 @@ def test_a_second_stop_signal_while_stopping_is_no_traceback(tmp_path):
     deadline = time.monotonic() + 10  # the reader thread takes the last lines
     while "Server Shut Down." not in hub.output and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "Received SIGINT, shutting down." in hub.output, (status, hub.output[-3000:])
+    # Either signal may be handled first: the kernel can hand SIGINT to another thread of
+    # the process a moment after the main thread took SIGTERM. The first one stops the
+    # server; the other is ignored.
+    stopped_by = re.findall(r"Received (SIGINT|SIGTERM), shutting down\.", hub.output)
+    ignored = re.findall(r"Received (SIGINT|SIGTERM) while already stopping: ignored",
+                         hub.output)
+    assert len(stopped_by) == 1, (status, hub.output[-3000:])
+    assert ignored == [{"SIGINT": "SIGTERM", "SIGTERM": "SIGINT"}[stopped_by[0]]], \
+        hub.output[-3000:]
     assert "Traceback" not in hub.output, hub.output
     assert "ReactorNotRunning" not in hub.output, hub.output
     assert "Main loop terminated." in hub.output
-    assert status in (0, -signal.SIGINT)
+    assert status in (0, -getattr(signal, stopped_by[0]))
 
 
 def test_lab_config_hub01_listens_on_2525(tmp_path):
