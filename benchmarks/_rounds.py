@@ -1,11 +1,12 @@
 """Several rounds of the suite's relay runs, summarised: on a shared machine one run moves by
 ±20%, and Postfix's own figure more, so the suite can repeat every system in turn
 (``--rounds``) and report each figure's median, the range of the throughput, and the ratio
-to Postfix as the median of the ratios measured *in the same round*.
+to Postfix as the median of the ratios measured *in the same round*, with their range: whether
+"at least Postfix" held in every round or only in some is then plain to read.
 
 A summary run has the shape of one round's run (so the table, the plot and
-``benchmarks/compare.py`` read either), plus ``rounds``, ``msg_per_s_range`` and
-``ratio_to_postfix``.
+``benchmarks/compare.py`` read either), plus ``rounds``, ``msg_per_s_range``,
+``ratio_to_postfix`` and ``ratio_to_postfix_range``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         ratios = _same_round_ratios(rounds, system, sessions)
         if ratios and system != "postfix":
             summary["ratio_to_postfix"] = _median(ratios)
+            summary["ratio_to_postfix_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
         summaries.append(summary)
     return summaries
 

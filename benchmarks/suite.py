@@ -586,7 +586,7 @@ def markdown(results: dict[str, Any]) -> str:
     rounds = max((r.get("rounds", 1) for r in results["relay"]), default=1)
     medians = (f" Relay figures are medians of {rounds} rounds (every system in turn); "
                "msg/s gives the range too, and the ratio to Postfix is the median of the "
-               "ratios measured in the same round." if rounds > 1 else "")
+               "ratios measured in the same round, with their range." if rounds > 1 else "")
     lines = [
         f"Run {results['started']} with `{results['command']}`; "
         f"{m['cpus']} CPUs, load average at start {m['load_average_start']} and at end "
@@ -614,6 +614,9 @@ def markdown(results: dict[str, Any]) -> str:
                                           if spread and rounds > 1 else "")
         ratio = (f"{r['ratio_to_postfix']:.2f}×" if "ratio_to_postfix" in r else _ratio(
             t["msg_per_s"], reference["throughput"]["msg_per_s"] if reference else None))
+        ratios = r.get("ratio_to_postfix_range")
+        if ratios and rounds > 1:
+            ratio += f" ({ratios[0]:.2f}–{ratios[1]:.2f})"
         lines.append(
             f"| {LABELS[r['system']]} | {r['sessions']} | {rate} | {ratio}"
             f" | {_pair(lat['ack_ms']) if lat else '–'} | "

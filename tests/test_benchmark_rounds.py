@@ -37,6 +37,7 @@ def test_ratio_is_the_median_of_same_round_ratios_not_the_ratio_of_medians():
     assert emu["throughput"]["msg_per_s"] == 600
     assert emu["throughput"]["msg_per_s_range"] == [500, 800]
     assert emu["ratio_to_postfix"] == 1.0
+    assert emu["ratio_to_postfix_range"] == [round(600 / 900, 3), 1.0]
     assert emu["rounds"] == 3
 
 
@@ -50,6 +51,7 @@ def test_failed_rounds_are_left_out_and_said():
     assert emu["throughput"]["msg_per_s"] == 500
     assert emu["throughput"]["peak_memory_kib"] == {"HUB01": 1200}  # the highest
     assert emu["ratio_to_postfix"] == 0.75  # rounds 1 and 3: 0.5 and 1.0
+    assert emu["ratio_to_postfix_range"] == [0.5, 1.0]
     assert emu["error"] == "1 of 3 rounds failed: timed out"
     everything_failed = summarize([[failed], [failed]])[0]
     assert "throughput" not in everything_failed and everything_failed["rounds"] == 0
@@ -86,3 +88,25 @@ def test_the_share_of_the_floor_compares_emu_with_the_held_floor_of_the_same_ses
             run("bare2", 1500, sessions=20), run("emu", 90, sessions=1),
             run("bare2", 900, sessions=1)]  # (no held floor with one sender: no share)
     assert suite._share_of_floor(runs) == {20: 0.4}
+
+
+def test_the_table_gives_the_same_round_ratios_range_beside_their_median():
+    """Whether the emulator matched Postfix in every round or in some is read off the
+    table: the median of the same-round ratios, then their lowest and highest."""
+    import suite
+
+    rounds = [[run("postfix", 800), run("emu", 800)],
+              [run("postfix", 500), run("emu", 500)],
+              [run("postfix", 900), run("emu", 600)]]
+    results = {"started": "2026-11-29 15:00 UTC", "command": "suite.py", "size": 10240,
+               "database": "SQLite", "relay": summarize(rounds),
+               "machine": {"cpus": 2, "load_average": [0.1, 0.1, 0.1],
+                           "load_average_start": [0.1, 0.1, 0.1], "python": "3.11",
+                           "postfix": "3.7"}}
+    row = next(line for line in suite.markdown(results).splitlines()
+               if line.startswith("| exchange-emu (shadow + delayed ack) | 20 |"))
+    assert "| 1.00× (0.67–1.00) |" in row
+    one_round = dict(results, relay=summarize(rounds[2:]))
+    row = next(line for line in suite.markdown(one_round).splitlines()
+               if line.startswith("| exchange-emu (shadow + delayed ack) | 20 |"))
+    assert "| 0.67× |" in row
