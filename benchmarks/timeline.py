@@ -6,7 +6,9 @@ tracking rows — EDGE01 ``RECEIVE`` (committed) → EDGE01 ``SEND`` (HUB01's 25
 ``RECEIVE`` → HUB01 ``SEND`` (the sink's 250) → HUB01 ``NOTIFYSHADOW`` (discard notification
 recorded) → EDGE01 ``HADISCARD`` (asked for it) → EDGE01 ``RECEIVE`` F.7 (the held 250 sent) —
 as median and 90th percentile (rows have millisecond time stamps), with each server's CPU per
-message and the number of SMTP sessions each opened.
+message and the number of SMTP sessions each opened. One more line splits out the first
+stage's wait in EDGE01's delivery queue: EDGE01 ``RECEIVE`` → the ``MAIL FROM … XSHADOW=<id>``
+for that message in EDGE01's send protocol log (the id is in EDGE01's ``HAREDIRECT`` row).
 
     .venv/bin/python benchmarks/timeline.py --messages 2000 --sessions 20
     .venv/bin/python benchmarks/timeline.py --messages 300 --sessions 1 --keep /tmp/timeline
@@ -18,6 +20,7 @@ import argparse
 import collections
 import csv
 import itertools
+import re
 import statistics
 import subprocess
 import sys
@@ -34,6 +37,10 @@ from exchange_emu.lab.processes import ServerProcess, free_ports
 
 STAGES = ["EDGE01 RECEIVE", "EDGE01 SEND", "HUB01 RECEIVE", "HUB01 SEND",
           "HUB01 NOTIFYSHADOW", "EDGE01 HADISCARD", "EDGE01 RECEIVE F.7"]
+QUEUE_WAIT = ("EDGE01 RECEIVE", "EDGE01 MAIL to HUB01")
+"""EDGE01's commit → its MAIL command for the message: the wait in the delivery queue."""
+_SHADOW_ID = re.compile(r"shadow_message_id=([0-9A-Za-z-]+)")
+_XSHADOW = re.compile(r"XSHADOW=([0-9A-Za-z-]+)")
 
 
 def tracking_rows(data_dir: Path, server: str) -> list[list[str]]:
@@ -44,14 +51,29 @@ def tracking_rows(data_dir: Path, server: str) -> list[list[str]]:
     return rows
 
 
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def timeline(data_dir: Path) -> dict[str, dict[str, float]]:
     """First time stamp of each stage per Message-ID."""
     stages: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    message_of_shadow: dict[str, str] = {}
     for server in ("EDGE01", "HUB01"):
         for row in tracking_rows(data_dir, server):
-            when = datetime.fromisoformat(row[0].replace("Z", "+00:00")).timestamp()
             stage = f"{server} {row[8]}" + (" F.7" if "F.7" in row[-1] else "")
-            stages[row[10]].setdefault(stage, when)
+            stages[row[10]].setdefault(stage, _seconds(row[0]))
+            shadow = _SHADOW_ID.search(row[-1]) if stage == "EDGE01 HAREDIRECT" else None
+            if shadow:
+                message_of_shadow[shadow[1]] = row[10]
+    send_log = data_dir / "EDGE01/TransportRoles/Logs/ProtocolLog/SmtpSend"
+    for log in sorted(send_log.glob("*.LOG")):
+        with log.open(newline="") as f:
+            for row in csv.reader(line for line in f if not line.startswith("#")):
+                shadow = _XSHADOW.search(row[7]) if row[6] == ">" else None
+                if shadow and shadow[1] in message_of_shadow:
+                    stages[message_of_shadow[shadow[1]]].setdefault(QUEUE_WAIT[1],
+                                                                    _seconds(row[0]))
     return stages
 
 
@@ -91,7 +113,7 @@ def run(directory: Path, messages: int, sessions: int, size: int,
     data_dir = directory / "var"
     stages = timeline(data_dir)
     gaps = {}
-    for first, then in itertools.pairwise(STAGES):
+    for first, then in [QUEUE_WAIT, *itertools.pairwise(STAGES)]:
         values = sorted((m[then] - m[first]) * 1000 for m in stages.values()
                         if first in m and then in m)
         if values:

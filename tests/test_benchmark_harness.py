@@ -104,8 +104,9 @@ def test_tiny_suite_run_writes_well_formed_results(tmp_path: Path) -> None:
 
 
 def test_tiny_timeline_run_times_every_stage_of_every_message(tmp_path: Path) -> None:
-    """benchmarks/timeline.py: each of the six stages between tracking rows, for all 6
-    messages (a message missing a row would be missing from a stage)."""
+    """benchmarks/timeline.py: the wait in EDGE01's queue, then each of the six stages
+    between tracking rows, for all 6 messages (a message missing a row would be missing
+    from a stage)."""
     _require_postfix_tools()
     done = subprocess.run(
         [sys.executable, "benchmarks/timeline.py", "--messages", "6", "--sessions", "2",
@@ -113,9 +114,10 @@ def test_tiny_timeline_run_times_every_stage_of_every_message(tmp_path: Path) ->
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     stages = [line for line in done.stdout.splitlines() if "→" in line]
-    assert len(stages) == 6, done.stdout
+    assert len(stages) == 7, done.stdout
     assert all(line.rstrip().endswith("(6 messages)") for line in stages), done.stdout
-    assert "EDGE01 RECEIVE → EDGE01 SEND" in stages[0]
+    assert "EDGE01 RECEIVE → EDGE01 MAIL to HUB01" in stages[0]
+    assert "EDGE01 RECEIVE → EDGE01 SEND" in stages[1]
     assert "EDGE01 HADISCARD → EDGE01 RECEIVE F.7" in stages[-1]
 
 
