@@ -43,9 +43,10 @@ _SHADOW_ID = re.compile(r"shadow_message_id=([0-9A-Za-z-]+)")
 _XSHADOW = re.compile(r"XSHADOW=([0-9A-Za-z-]+)")
 
 
-def tracking_rows(data_dir: Path, server: str) -> list[list[str]]:
+def log_rows(directory: Path) -> list[list[str]]:
+    """The CSV rows of every ``*.LOG`` file in ``directory`` (a tracking or protocol log)."""
     rows: list[list[str]] = []
-    for log in sorted((data_dir / server / "TransportRoles/Logs/MessageTracking").glob("*.LOG")):
+    for log in sorted(directory.glob("*.LOG")):
         with log.open(newline="") as f:
             rows.extend(csv.reader(line for line in f if not line.startswith("#")))
     return rows
@@ -60,20 +61,16 @@ def timeline(data_dir: Path) -> dict[str, dict[str, float]]:
     stages: dict[str, dict[str, float]] = collections.defaultdict(dict)
     message_of_shadow: dict[str, str] = {}
     for server in ("EDGE01", "HUB01"):
-        for row in tracking_rows(data_dir, server):
+        for row in log_rows(data_dir / server / "TransportRoles/Logs/MessageTracking"):
             stage = f"{server} {row[8]}" + (" F.7" if "F.7" in row[-1] else "")
             stages[row[10]].setdefault(stage, _seconds(row[0]))
             shadow = _SHADOW_ID.search(row[-1]) if stage == "EDGE01 HAREDIRECT" else None
             if shadow:
                 message_of_shadow[shadow[1]] = row[10]
-    send_log = data_dir / "EDGE01/TransportRoles/Logs/ProtocolLog/SmtpSend"
-    for log in sorted(send_log.glob("*.LOG")):
-        with log.open(newline="") as f:
-            for row in csv.reader(line for line in f if not line.startswith("#")):
-                shadow = _XSHADOW.search(row[7]) if row[6] == ">" else None
-                if shadow and shadow[1] in message_of_shadow:
-                    stages[message_of_shadow[shadow[1]]].setdefault(QUEUE_WAIT[1],
-                                                                    _seconds(row[0]))
+    for row in log_rows(data_dir / "EDGE01/TransportRoles/Logs/ProtocolLog/SmtpSend"):
+        shadow = _XSHADOW.search(row[7]) if row[6] == ">" else None
+        if shadow and shadow[1] in message_of_shadow:
+            stages[message_of_shadow[shadow[1]]].setdefault(QUEUE_WAIT[1], _seconds(row[0]))
     return stages
 
 
