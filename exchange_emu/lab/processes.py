@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -19,6 +20,11 @@ READY_MARK = "listening on"
 
 
 LISTEN_PORTS_FLOOR = 10000
+RECENT_PORTS = 4096
+"""How many of the ports :func:`free_ports` handed out last it will not hand out again."""
+_recent_ports: deque[int] = deque()
+_recent_port_set: set[int] = set()
+_ports_lock = threading.Lock()
 
 
 def _ephemeral_floor() -> int:
@@ -32,7 +38,23 @@ def _ephemeral_floor() -> int:
 def free_ports(count: int) -> list[int]:
     """Ports that were free on 127.0.0.1 a moment ago, chosen below the kernel's ephemeral
     range: a port from that range can be taken by any outgoing connection (another server
-    of the same lab connecting somewhere) between this check and the server's bind."""
+    of the same lab connecting somewhere) between this check and the server's bind.
+
+    None of the last :data:`RECENT_PORTS` ports handed out in this process is handed out
+    again: labs run side by side in threads (the crash matrix's workers) keep their ports
+    while a killed server is down, and another lab must not take that port meanwhile (its
+    messages would reach the wrong lab's server)."""
+    with _ports_lock:
+        ports = _free_ports(count)
+        for port in ports:
+            _recent_ports.append(port)
+            _recent_port_set.add(port)
+        while len(_recent_ports) > RECENT_PORTS:
+            _recent_port_set.discard(_recent_ports.popleft())
+        return ports
+
+
+def _free_ports(count: int) -> list[int]:
     ceiling = _ephemeral_floor()
     candidates = random.sample(range(LISTEN_PORTS_FLOOR, ceiling), ceiling - LISTEN_PORTS_FLOOR)
     sockets: list[socket.socket] = []
@@ -40,6 +62,8 @@ def free_ports(count: int) -> list[int]:
         for port in candidates:
             if len(sockets) == count:
                 break
+            if port in _recent_port_set:
+                continue
             s = socket.socket()
             try:
                 s.bind(("127.0.0.1", port))
