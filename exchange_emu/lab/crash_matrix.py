@@ -715,6 +715,11 @@ def run_case(case: Case, root: Path, stores: Stores, size: Size, seed: int,
             if extra:
                 result.problems.append(f"trial {number}: duplicates in an Exchange mailbox "
                                        f"(must be exactly once): {extra}")
+        strays = sorted(m for m in copies if m not in stream.sent)
+        if strays:
+            result.problems.append(
+                f"trial {number}: {len(strays)} message(s) this trial never sent arrived at "
+                f"its destination (another lab's, through a shared port?): {strays[:3]}")
         result.poisoned += trial.left_in("poison")
         result.shadows_left += trial.left_in("shadow")
         events = trial.tracking_events()

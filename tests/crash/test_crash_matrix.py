@@ -9,6 +9,7 @@ The seed is EXCHANGE_EMU_CRASH_SEED (a fixed default): a failing run is reproduc
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ from exchange_emu.lab.crash_matrix import (
     PostgresStores,
     SqliteStores,
     Stores,
+    Trial,
     environment_seed,
+    run_case,
     run_matrix,
     table,
 )
@@ -60,3 +63,23 @@ def test_crash_matrix_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgresql
 def test_crash_matrix_postgresql(tmp_path: Path, storage_postgresql_database: str) -> None:
     check(run(tmp_path, PostgresStores(storage_postgresql_database)))
+
+
+def test_a_message_the_trial_never_sent_fails_the_case(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy at the destination that this trial did not send means another lab's server
+    shares its port (labs run side by side): the case must say so, not pass."""
+    stray = "<crash-another-lab-1@contoso.test>"
+    read = Trial.destination_copies
+
+    def with_a_stray(trial: Trial) -> Counter[str]:
+        copies = read(trial)
+        copies[stray] += 1
+        return copies
+
+    monkeypatch.setattr(Trial, "destination_copies", with_a_stray)
+    case = next(c for c in CASES if (c.scenario, c.killed) == ("E", "LEGACY01"))
+    result = run_case(case, tmp_path, SqliteStores(), SMALL, environment_seed())
+    assert result.acknowledged > 0
+    assert not result.lost
+    assert [p for p in result.problems if "never sent" in p and stray in p], result.problems
