@@ -2,7 +2,7 @@
 
 The crash matrix runs its cases in threads, each a lab of server processes that are killed
 and restarted on the same ports. A port handed to one lab must not be handed to another
-while the first lab's server is down: the large matrix once lost 28 messages that way
+while the first lab's server is down: the large matrix once reported 28 messages lost that way
 (scenario E's hub delivered them to another case's EDGE01, started on LEGACY01's port)."""
 
 from __future__ import annotations
